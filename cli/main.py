@@ -1,0 +1,165 @@
+"""The `curator` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from curator import __version__
+from curator.cli.render import CuratorGroup, lora_from, lora_options, model_option, progress
+from curator.config import GradientConfig, IndexConfig, ProjectionConfig
+
+
+@click.group(cls=CuratorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="curator")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def cli(quiet: bool) -> None:
+    """Pick the candidate responses and generation strategies that belong in a fine-tuning set.
+
+    Influence: per-example LoRA gradients of the target model, randomly projected into a FAISS
+    store; a candidate's influence on an eval task is its mean cosine to that task's eval items.
+
+    \b
+    Typical run:
+      curator index candidates.jsonl --out train_store
+      curator index eval.jsonl --out eval_store
+      curator influence --train train_store --eval eval_store --out influence.parquet
+      curator study --train train_store --eval eval_store --out study/
+    """
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store directory (created, or resumed if it exists).")
+@click.option("--as", "role", type=click.Choice(["auto", "candidates", "eval"]), default="auto", show_default=True, help="Row kind; auto = candidates when every row has a strategy.")
+@model_option
+@click.option("--kind", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True, help="Raw gradient, or LESS's Adam-preconditioned form (needs --checkpoint).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A checkpoint-N folder from `curator warmup`.")
+@click.option("--dim", type=int, default=8192, show_default=True, help="Projection dimension.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Projection seed.")
+@click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences, keeping response tokens first.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per committed batch.")
+@lora_options
+@click.pass_context
+def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind: str, checkpoint: Path | None, dim: int, seed: int, max_length: int, batch_size: int, **kw: object) -> None:
+    """Featurise DATA (candidates or eval rows) into a gradient store at --out.
+
+    Reruns resume: rows already in the store are skipped.
+    """
+    from curator.indexing import index_file
+
+    gradient = GradientConfig(kind=kind, max_length=max_length, checkpoint=str(checkpoint) if checkpoint else None)
+    config = IndexConfig(model=model, lora=lora_from(kw), projection=ProjectionConfig(dim=dim, seed=seed), gradient=gradient, batch_size=batch_size)
+    r = index_file(data, out, config, role=role, progress=progress(ctx))
+    click.echo(f"indexed {r.rows_total} {r.role} rows into {r.store} ({r.rows_added} new, {r.rows_skipped} already there) in {r.seconds:.1f}s")
+    if r.truncated:
+        click.echo(f"{r.truncated} row(s) truncated to --max-length {max_length} (response tokens kept first)")
+
+
+store_options = [
+    click.option("--train", "train", multiple=True, required=True, type=click.Path(path_type=Path), help="Candidate store; repeat once per checkpoint."),
+    click.option("--eval", "evals", multiple=True, required=True, type=click.Path(path_type=Path), help="Eval store; repeat once per checkpoint."),
+]
+
+
+def with_stores(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(store_options):
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@with_stores
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output table: .parquet, .csv or .jsonl.")
+@click.option("--top-k", type=int, default=None, help="Also write the K most influential candidates per eval item.")
+@click.option("--top-k-out", type=click.Path(path_type=Path), default=None, help="Where to write --top-k rows (default: OUT with .topk before the suffix).")
+def influence(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, top_k: int | None, top_k_out: Path | None) -> None:
+    """Score every candidate's influence on each eval task (mean cosine, via FAISS)."""
+    from curator import influence as inf
+    from curator.tables import check_table_path, write_table
+
+    check_table_path(out)
+    if top_k_out is not None:
+        check_table_path(top_k_out)
+    space = inf.open_space(train, evals)
+    table = inf.influence_scores(space)
+    write_table(table, out)
+    tasks = [c for c in table.columns if c.startswith(inf.INFLUENCE_PREFIX)]
+    click.echo(f"wrote influence of {len(table)} candidates on {len(tasks)} eval task(s) to {out}")
+    if top_k is not None:
+        target = top_k_out or out.with_name(f"{out.stem}.topk{out.suffix}")
+        write_table(inf.top_k(space, top_k), target)
+        click.echo(f"wrote the top {top_k} candidates per eval item to {target}")
+
+
+@cli.command()
+@with_stores
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report directory.")
+@click.option("--baseline", default=None, help="Baseline strategy (default: direct, when present).")
+@click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples over probes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def study(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, baseline: str | None, n_boot: int, seed: int) -> None:
+    """The swift study: each strategy's relative influence against a baseline, in-task and cross-task."""
+    from curator import influence as inf
+    from curator.study import run_study, write_report
+    from curator.tables import write_table
+
+    table = inf.influence_scores(inf.open_space(train, evals))
+    result = run_study(table, baseline=baseline, n_boot=n_boot, seed=seed)
+    paths = write_report(result, out)
+    write_table(table, out / "influence.parquet")
+    for line in result["verdicts"].values():
+        click.echo(line)
+    click.echo(f"report: {paths['markdown']}")
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for checkpoint-N subfolders.")
+@model_option
+@click.option("--fraction", type=float, default=0.05, show_default=True, help="Fraction of DATA to train on (at least 8 rows).")
+@click.option("--epochs", type=int, default=4, show_default=True, help="Epochs; one checkpoint per epoch.")
+@click.option("--lr", type=float, default=2e-5, show_default=True, help="Peak learning rate (linear warm-up and decay).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step.")
+@click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences, keeping response tokens first.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the data order.")
+@lora_options
+@click.pass_context
+def warmup(ctx: click.Context, data: Path, out: Path, model: str, fraction: float, epochs: int, lr: float, batch_size: int, max_length: int, seed: int, **kw: object) -> None:
+    """Train LoRA briefly and save checkpoints with Adam state (for --kind adam and multi-checkpoint influence)."""
+    from curator.warmup import WarmupConfig, warmup as run_warmup
+
+    config = WarmupConfig(fraction=fraction, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed)
+    saved = run_warmup(data, out, model=model, lora=lora_from(kw), config=config, progress=progress(ctx))
+    for p in saved:
+        click.echo(f"saved {p}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True, help="Output folder.")
+@model_option
+@click.option("--dim", type=int, default=8192, show_default=True, help="Projection dimension.")
+@click.option("--tasks", type=int, default=None, help="Use only the first N subjects (default: all 8).")
+@click.option("--probes", type=int, default=None, help="Use only the first N probe questions per subject (default: all 3).")
+@click.pass_context
+def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None) -> None:
+    """Run index → influence → study on the bundled MMLU demo data, offline."""
+    from curator.demo import run_demo
+
+    r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, progress=progress(ctx))
+    click.echo(f"indexed {r.train.rows_total} candidates and {r.eval.rows_total} eval items; {r.train.truncated + r.eval.truncated} truncated")
+    click.echo(f"swift study against the '{r.summary['baseline']}' baseline:")
+    for line in r.verdicts.values():
+        click.echo(f"  {line}")
+    click.echo(f"influence: {r.influence}")
+    click.echo(f"top-3 per eval item: {r.top_k}")
+    click.echo(f"report: {r.report['markdown']} (plot: {r.report['heatmap']})")
+
+
+def main() -> None:
+    cli(prog_name="curator")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Terminal rendering shared by the commands: progress bars, errors, option groups."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import click
+
+from curator.config import LoraSettings, ProgressFn
+from curator.errors import CuratorError
+
+
+class CuratorGroup(click.Group):
+    """A click group that turns a CuratorError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CuratorError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: rerun the same command to continue where it stopped", err=True)
+            sys.exit(130)
+
+
+class Bars:
+    """A ProgressFn that shows one tqdm bar per stage on stderr (or nothing when quiet)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        bar = self._bars.get(stage)
+        if bar is None:
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, unit="ex" if "index" in stage else "it", file=sys.stderr, leave=True, dynamic_ncols=True)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def progress(ctx: click.Context) -> ProgressFn:
+    return Bars(quiet=bool(ctx.find_root().params.get("quiet")))
+
+
+def lora_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--lora-r/--lora-alpha/--lora-targets/--lora-seed."""
+    f = click.option("--lora-seed", type=int, default=0, show_default=True, help="Seed of the LoRA initialisation.")(f)
+    f = click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True, help="Comma-separated module names that get LoRA.")(f)
+    f = click.option("--lora-alpha", type=int, default=16, show_default=True, help="LoRA alpha.")(f)
+    f = click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank.")(f)
+    return f
+
+
+def lora_from(kw: dict[str, Any]) -> LoraSettings:
+    targets = tuple(t.strip() for t in kw.pop("lora_targets").split(",") if t.strip())
+    return LoraSettings(r=kw.pop("lora_r"), alpha=kw.pop("lora_alpha"), target_modules=targets, seed=kw.pop("lora_seed"))
+
+
+model_option = click.option("--model", default="smollm2-135m", show_default=True, help="Model spec: smollm2-135m (bundled), tiny-random, a local HF folder, or a hub id (online only).")

@@ -1,0 +1,107 @@
+"""Frozen, validated configurations. Each one is saved with the artefact it made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from curator.errors import InputError
+
+GRADIENT_KINDS = ("sgd", "adam")
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter whose parameters the gradients are taken with respect to."""
+
+    r: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    dropout: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise InputError(f"LoRA rank r={self.r} is invalid: use an integer >= 1 (--lora-r)")
+        if self.alpha <= 0:
+            raise InputError(f"LoRA alpha={self.alpha} is invalid: use a positive number")
+        if not self.target_modules:
+            raise InputError("LoRA target_modules is empty: name at least one module, e.g. q_proj")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"LoRA dropout={self.dropout} is invalid: use 0 <= dropout < 1")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoraSettings":
+        return cls(**{**d, "target_modules": tuple(d["target_modules"])})
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """Seeded Rademacher projection; the seed and shape define it, so it is never saved."""
+
+    dim: int = 8192
+    seed: int = 0
+    kind: str = "rademacher"
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise InputError(f"projection dim={self.dim} is invalid: use an integer >= 1 (--dim)")
+        if self.kind != "rademacher":
+            raise InputError(f"projection kind {self.kind!r} is unknown: use 'rademacher'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """Which gradient is featurised: raw (sgd) or Adam-preconditioned, at which checkpoint."""
+
+    kind: str = "sgd"
+    max_length: int = 512
+    checkpoint: str | None = None
+    lr_weight: float = 1.0
+    adam_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.kind not in GRADIENT_KINDS:
+            raise InputError(f"gradient kind {self.kind!r} is unknown: use one of {', '.join(GRADIENT_KINDS)} (--kind)")
+        if self.kind == "adam" and not self.checkpoint:
+            raise InputError("gradient kind 'adam' needs a warm-up checkpoint with optimizer state: pass --checkpoint DIR (made by `curator warmup`)")
+        if self.max_length < 8:
+            raise InputError(f"max_length={self.max_length} is too small: use at least 8 (--max-length)")
+        if self.lr_weight <= 0:
+            raise InputError(f"lr_weight={self.lr_weight} is invalid: it must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Everything that defines the vectors in a gradient store."""
+
+    model: str = "smollm2-135m"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"batch_size={self.batch_size} is invalid: use an integer >= 1 (--batch-size)")
+
+
+# Progress callback: (stage, done, total). Library code reports through it and never prints.
+ProgressFn = Callable[[str, int, int], None]
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """The default progress callback: does nothing."""

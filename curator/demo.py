@@ -1,0 +1,74 @@
+"""`curator demo`: the warm-up-free pipeline index → influence → study on the bundled data.
+
+The bundled data (``curator/assets/demo``, see its SOURCE.md) holds MMLU probe questions with one
+candidate per strategy (direct, cot, clarify, evaluate) and held-out eval questions per subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from curator.config import GradientConfig, IndexConfig, ProgressFn, ProjectionConfig, no_progress
+from curator.data import Candidate, EvalItem, load_candidates, load_eval
+from curator.errors import InputError
+from curator.indexing import Featurizer, IndexResult, index_rows
+from curator.influence import influence_scores, open_space, top_k
+from curator.study import run_study, write_report
+from curator.tables import write_table
+
+
+def demo_data_dir() -> Path:
+    """The folder of the bundled demo data."""
+    return Path(str(resources.files("curator.assets.demo")))
+
+
+def subset(cands: list[Candidate], evals: list[EvalItem], tasks: int | None, probes: int | None) -> tuple[list[Candidate], list[EvalItem]]:
+    """The first ``tasks`` tasks and the first ``probes`` probe groups of each (None keeps all)."""
+    order: list[str] = []
+    for c in cands:
+        if c.task not in order:
+            order.append(c.task)  # type: ignore[arg-type]
+    keep_tasks = set(order[:tasks] if tasks else order)
+    groups: dict[str, list[str]] = {}
+    for c in cands:
+        if c.task in keep_tasks and c.group not in groups.setdefault(c.task, []):  # type: ignore[arg-type]
+            groups[c.task].append(c.group)  # type: ignore[index]
+    keep_groups = {g for gs in groups.values() for g in (gs[:probes] if probes else gs)}
+    return [c for c in cands if c.group in keep_groups], [e for e in evals if e.task in keep_tasks]
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    train: IndexResult
+    eval: IndexResult
+    influence: Path
+    top_k: Path
+    report: dict[str, Path]
+    verdicts: dict[str, str]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, progress: ProgressFn = no_progress) -> DemoResult:
+    """Index the bundled candidates and eval set, score influence, and run the swift study into ``out``."""
+    if tasks is not None and tasks < 1 or probes is not None and probes < 1:
+        raise InputError("--tasks and --probes must be integers >= 1")
+    out_dir = Path(out)
+    data = demo_data_dir()
+    cands, evals = subset(load_candidates(data / "candidates.jsonl"), load_eval(data / "eval.jsonl"), tasks, probes)
+    config = IndexConfig(model=model, projection=ProjectionConfig(dim=dim), gradient=GradientConfig(max_length=max_length), batch_size=batch_size)
+    progress("load model", 0, 1)
+    featurizer = Featurizer(config)
+    progress("load model", 1, 1)
+    train = index_rows(featurizer, cands, out_dir / "train_store", "candidates", progress=lambda s, d, t: progress("index candidates", d, t))
+    ev = index_rows(featurizer, evals, out_dir / "eval_store", "eval", progress=lambda s, d, t: progress("index eval", d, t))
+    space = open_space([out_dir / "train_store"], [out_dir / "eval_store"])
+    table = influence_scores(space)
+    infl_path = write_table(table, out_dir / "influence.parquet")
+    topk_path = write_table(top_k(space, 3), out_dir / "top_k.csv")
+    result = run_study(table)
+    report = write_report(result, out_dir / "study")
+    return DemoResult(out_dir, train, ev, infl_path, topk_path, report, result["verdicts"], {"baseline": result["baseline"], "n_candidates": len(cands), "n_eval": len(evals)})

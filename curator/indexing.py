@@ -1,0 +1,123 @@
+"""`curator index`: featurise rows into a gradient store, batch by batch, resumably.
+
+Each row is encoded (response-only labels, truncated to ``max_length``), its per-example LoRA
+gradient is taken (sgd or adam kind), projected with the seeded Rademacher projection, L2
+normalised, and appended to the store. Rows whose id is already in the store are skipped, so
+a rerun after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from curator.config import IndexConfig, ProgressFn, no_progress
+from curator.data import Candidate, EvalItem, load_candidates, load_eval, read_rows
+from curator.encoding import Encoded, encode
+from curator.errors import InputError
+from curator.gradients import GradientComputer
+from curator.models import LoadedModel, load_model
+from curator.projection import BLOCK_ROWS, Projector, normalize
+from curator.store import GradientStore
+
+Row = Union[Candidate, EvalItem]
+ROLES = ("candidates", "eval")
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    store: Path
+    role: str
+    rows_total: int
+    rows_added: int
+    rows_skipped: int
+    truncated: int
+    seconds: float
+
+
+class Featurizer:
+    """Model + LoRA (+ checkpoint) + projection: turns encoded examples into unit vectors."""
+
+    def __init__(self, config: IndexConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self.loaded = loaded or load_model(config.model)
+        self.computer = GradientComputer(self.loaded.model, config.lora, config.gradient.checkpoint, config.gradient.adam_eps)
+        self.projector = Projector(config.projection, self.computer.n_params)
+
+    def identity(self, role: str, kind: str | None = None) -> dict[str, Any]:
+        """The manifest fields that define the vectors this featurizer makes."""
+        ckpt = self.computer.checkpoint
+        g = self.config.gradient
+        return {
+            "role": role,
+            "model": {"spec": self.loaded.spec, "fingerprint": self.loaded.fingerprint},
+            "lora": self.config.lora.to_dict(),
+            "projection": {**self.config.projection.to_dict(), "block_rows": BLOCK_ROWS, "input_dim": self.computer.n_params},
+            "gradient": {
+                "kind": kind or g.kind,
+                "max_length": g.max_length,
+                "checkpoint": None if ckpt is None else {"name": Path(ckpt.path).name, "step": ckpt.step, "fingerprint": ckpt.fingerprint},
+                "lr_weight": ckpt.lr if ckpt is not None else 1.0,
+            },
+        }
+
+    def encode(self, row: Row) -> Encoded:
+        return encode(self.loaded.tokenizer, row.prompt, row.response, self.config.gradient.max_length)
+
+    def vectors(self, examples: list[Encoded], kind: str | None = None) -> np.ndarray:
+        """Projected, L2-normalised per-example gradients, float32 [n, dim]."""
+        grads = self.computer.gradients(examples, kind or self.config.gradient.kind)
+        return normalize(self.projector.project(grads))
+
+
+def _row_record(row: Row, enc: Encoded) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "strategy": getattr(row, "strategy", None),
+        "task": row.task,
+        "group": getattr(row, "group", None),
+        "n_prompt_tokens": enc.n_prompt,
+        "n_response_tokens": enc.n_response,
+        "truncated": enc.truncated,
+    }
+
+
+def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, role: str, kind: str | None = None, progress: ProgressFn = no_progress) -> IndexResult:
+    """Append the gradient vectors of ``rows`` not yet in the store at ``out``; finalise the index."""
+    start = time.perf_counter()
+    store = GradientStore.create_or_resume(out, featurizer.identity(role, kind))
+    done = set(store.ids())
+    todo = [r for r in rows if r.id not in done]
+    truncated = 0
+    bs = featurizer.config.batch_size
+    progress("index", len(rows) - len(todo), len(rows))
+    for lo in range(0, len(todo), bs):
+        batch = todo[lo : lo + bs]
+        encoded = [featurizer.encode(r) for r in batch]
+        truncated += sum(e.truncated for e in encoded)
+        store.append([_row_record(r, e) for r, e in zip(batch, encoded)], featurizer.vectors(encoded, kind))
+        progress("index", len(rows) - len(todo) + lo + len(batch), len(rows))
+    if todo or not store.manifest.get("complete"):
+        store.finalize()
+    return IndexResult(Path(out), role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start)
+
+
+def load_rows(path: str | Path, role: str = "auto") -> tuple[str, list[Row]]:
+    """Load a data file as candidates or eval items; 'auto' picks candidates when every row has a strategy."""
+    if role == "auto":
+        role = "candidates" if all("strategy" in r for _, r in read_rows(path)) else "eval"
+    if role not in ROLES:
+        raise InputError(f"role {role!r} is unknown: use candidates, eval or auto (--as)")
+    rows: list[Row] = list(load_candidates(path)) if role == "candidates" else list(load_eval(path))
+    return role, rows
+
+
+def index_file(data: str | Path, out: str | Path, config: IndexConfig, role: str = "auto", progress: ProgressFn = no_progress, featurizer: Featurizer | None = None) -> IndexResult:
+    """Load ``data``, then featurise it into the store at ``out`` (see ``index_rows``)."""
+    role, rows = load_rows(data, role)
+    featurizer = featurizer or Featurizer(config)
+    return index_rows(featurizer, rows, out, role, progress=progress)

@@ -1,0 +1,1 @@
+"""Argilla integration (package ``curator.integrations.argilla``); see issue 4."""
