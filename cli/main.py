@@ -9,6 +9,7 @@ import click
 from curator import __version__
 from curator.cli.render import CuratorGroup, lora_from, lora_options, model_option, progress
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
+from curator.errors import InputError
 
 
 @click.group(cls=CuratorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -80,6 +81,8 @@ def influence(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, top_k
     from curator.tables import check_table_path, write_table
 
     check_table_path(out)
+    if top_k is not None and top_k < 1:
+        raise InputError(f"--top-k {top_k} is invalid: use an integer >= 1")
     if top_k_out is not None:
         check_table_path(top_k_out)
     space = inf.open_space(train, evals)

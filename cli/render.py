@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -21,8 +22,15 @@ class CuratorGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: rerun the same command to continue where it stopped", err=True)
+            click.echo("interrupted (curator index continues where it stopped when rerun)", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug, not bad input: one line, the traceback on request
+            if os.environ.get("CURATOR_DEBUG"):
+                raise
+            click.echo(f"error: internal error {type(exc).__name__}: {exc} (set CURATOR_DEBUG=1 for the traceback, and please report it)", err=True)
+            sys.exit(1)
 
 
 class Bars:

@@ -92,7 +92,7 @@ class IndexConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
-    batch_size: int = 16
+    batch_size: int = 32
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -103,11 +103,14 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
         if None in row:
             raise InputError(f"{path}: line {reader.line_num}: more values than header columns: quote fields that contain commas")
         prompt = clean.get("prompt")
-        if isinstance(prompt, str) and prompt.lstrip().startswith("[{"):
+        if isinstance(prompt, str) and prompt.lstrip().startswith("["):
+            # a JSON list of chat messages; anything else stays a plain prompt string
             try:
-                clean["prompt"] = json.loads(prompt)
+                parsed = json.loads(prompt)
             except json.JSONDecodeError:
-                pass
+                parsed = None
+            if isinstance(parsed, list) and parsed and all(isinstance(m, dict) for m in parsed):
+                clean["prompt"] = parsed
         yield reader.line_num, clean
 
 
@@ -212,9 +215,10 @@ def _text(where: str, row: dict[str, Any], name: str, required: bool, fix: str) 
 
 def _check_unique(ids: list[tuple[str, str]], path: str | Path) -> None:
     seen: dict[str, str] = {}
+    prefix = f"{Path(path)}: "
     for where, rid in ids:
         if rid in seen:
-            raise InputError(f"{where}: duplicate id {rid!r} (first at {seen[rid].split(': ', 1)[-1]}): give every row a unique id, or drop the id field to use content hashes")
+            raise InputError(f"{where}: duplicate id {rid!r} (first at {seen[rid][len(prefix):]}): give every row a unique id, or drop the id field to use content hashes")
         seen[rid] = where
 
 

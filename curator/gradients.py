@@ -72,7 +72,7 @@ def lora_parameters(peft_model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return sorted(((n, p) for n, p in peft_model.named_parameters() if p.requires_grad), key=lambda x: x[0])
 
 
-def load_checkpoint(peft_model: Any, path: str | Path, lora: LoraSettings) -> Checkpoint:
+def load_checkpoint(peft_model: Any, path: str | Path, lora: LoraSettings, model_fingerprint: str | None = None) -> Checkpoint:
     """Load a ``curator warmup`` checkpoint's LoRA weights into ``peft_model`` and read its Adam state."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -82,6 +82,9 @@ def load_checkpoint(peft_model: Any, path: str | Path, lora: LoraSettings) -> Ch
     if not meta_file.exists():
         raise InputError(f"{ckpt}: not a curator warm-up checkpoint (no {CHECKPOINT_FILE}): pass a checkpoint-N folder made by `curator warmup`")
     meta = json.loads(meta_file.read_text())
+    saved_fp = meta.get("model", {}).get("fingerprint")
+    if model_fingerprint is not None and saved_fp != model_fingerprint:
+        raise MismatchError(f"{ckpt}: checkpoint was trained on model fingerprint {saved_fp} but this run loads {model_fingerprint}: use the --model the warm-up used")
     saved = LoraSettings.from_dict(meta["lora"])
     for field in ("r", "alpha", "target_modules"):
         if getattr(saved, field) != getattr(lora, field):
@@ -118,9 +121,9 @@ def adam_precondition(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, betas: 
 class GradientComputer:
     """Per-example gradients of one model + LoRA adapter (+ optional checkpoint), flattened in a fixed order."""
 
-    def __init__(self, model: Any, lora: LoraSettings, checkpoint: str | Path | None = None, adam_eps: float = 1e-8) -> None:
+    def __init__(self, model: Any, lora: LoraSettings, checkpoint: str | Path | None = None, adam_eps: float = 1e-8, model_fingerprint: str | None = None) -> None:
         self.model = attach_lora(model, lora)
-        self.checkpoint = load_checkpoint(self.model, checkpoint, lora) if checkpoint else None
+        self.checkpoint = load_checkpoint(self.model, checkpoint, lora, model_fingerprint) if checkpoint else None
         self.params = lora_parameters(self.model)
         self.n_params = sum(p.numel() for _, p in self.params)
         self.adam_eps = adam_eps

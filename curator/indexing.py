@@ -45,7 +45,7 @@ class Featurizer:
     def __init__(self, config: IndexConfig, loaded: LoadedModel | None = None) -> None:
         self.config = config
         self.loaded = loaded or load_model(config.model)
-        self.computer = GradientComputer(self.loaded.model, config.lora, config.gradient.checkpoint, config.gradient.adam_eps)
+        self.computer = GradientComputer(self.loaded.model, config.lora, config.gradient.checkpoint, config.gradient.adam_eps, self.loaded.fingerprint)
         self.projector = Projector(config.projection, self.computer.n_params)
 
     def identity(self, role: str, kind: str | None = None) -> dict[str, Any]:

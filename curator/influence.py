@@ -58,7 +58,7 @@ def _pair(train: list[GradientStore], evals: list[GradientStore]) -> list[tuple[
 
 def _check_role(store: GradientStore, role: str, flag: str) -> None:
     if store.manifest.get("role") != role:
-        raise InputError(f"{store.path}: a {store.manifest.get('role')} store was passed to {flag}: pass a store built from {role} rows")
+        raise InputError(f"{store.path}: a store of {store.manifest.get('role')} rows was passed to {flag}: pass a store built from {role} rows")
     if store.n_rows == 0:
         raise InputError(f"{store.path}: the store is empty: run `curator index` to fill it")
 

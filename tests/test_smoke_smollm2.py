@@ -1,0 +1,55 @@
+"""Smoke tests on the real bundled SmolLM2-135M (marked slow; CI runs them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from curator.config import IndexConfig, ProjectionConfig
+from curator.data import load_candidates, load_eval
+from curator.demo import demo_data_dir, run_demo
+from curator.indexing import Featurizer
+from curator.projection import Projector
+from tests.helpers import pairwise_cos, spearman
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_pipeline_on_smollm2(tmp_path):
+    r = run_demo(tmp_path / "demo", model="smollm2-135m", dim=2048, tasks=2, probes=2)
+    assert (r.train.rows_total, r.eval.rows_total) == (16, 4)
+    manifest = json.loads((tmp_path / "demo" / "train_store" / "manifest.json").read_text())
+    assert manifest["model"]["spec"] == "smollm2-135m" and manifest["projection"]["input_dim"] == 921_600
+    report = json.loads(r.report["json"].read_text())
+    assert report["baseline"] == "direct"
+    assert sorted(report["verdicts"]) == ["clarify", "cot", "evaluate"]
+    for v in report["in_task"].values():
+        assert v["verdict"] in ("better", "worse", "indistinguishable")
+    assert r.report["heatmap"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jl_fidelity_on_smollm2_demo_gradients():
+    """Spearman(projected cos, exact cos) >= 0.98 at d=8192 on real SmolLM2 gradients of demo rows."""
+    feat = Featurizer(IndexConfig(model="smollm2-135m"))
+    data = demo_data_dir()
+    cands = load_candidates(data / "candidates.jsonl")
+    rows = [c for c in cands if c.task in ("conceptual_physics", "philosophy")][:12] + load_eval(data / "eval.jsonl")[:4]  # type: ignore[operator]
+    grads = feat.computer.gradients([feat.encode(r) for r in rows], "sgd")
+    exact = pairwise_cos(grads.numpy().astype(np.float64))
+    approx = pairwise_cos(Projector(ProjectionConfig(dim=8192), feat.computer.n_params).project(grads).numpy().astype(np.float64))
+    assert exact.std() > 0.05
+    assert spearman(approx, exact) >= 0.98
+
+
+def test_cli_demo_subprocess_smollm2(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "curator.cli.main", "-q", "demo", "--out", str(tmp_path / "d"), "--tasks", "1", "--probes", "2", "--dim", "1024"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "report:" in out.stdout and (tmp_path / "d" / "study" / "report.md").exists()
+    assert "Traceback" not in out.stderr

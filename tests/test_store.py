@@ -1,0 +1,133 @@
+"""Gradient store: round-trip, resume after interruption, refusal of mismatches and corruption."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from curator.config import GradientConfig, IndexConfig, ProjectionConfig
+from curator.errors import MismatchError, StoreError
+from curator.indexing import Featurizer, index_file, index_rows, load_rows
+from curator.models import load_model
+from curator.store import GradientStore
+
+
+def identity(dim: int = 8, fp: str = "abc", seed: int = 0) -> dict:
+    return {
+        "role": "candidates",
+        "model": {"spec": "x", "fingerprint": fp},
+        "lora": {"r": 8},
+        "projection": {"dim": dim, "seed": seed},
+        "gradient": {"kind": "sgd", "max_length": 64, "checkpoint": None, "lr_weight": 1.0},
+    }
+
+
+def rows(n: int, start: int = 0) -> list[dict]:
+    return [{"id": f"r{i}", "strategy": "s", "task": "t", "group": f"g{i}", "n_prompt_tokens": i, "n_response_tokens": 1, "truncated": False} for i in range(start, start + n)]
+
+
+def unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_round_trip(tmp_path):
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    a, b = unit(3, 8, 0), unit(2, 8, 1)
+    s.append(rows(3), a)
+    s.append(rows(2, 3), b)
+    s.finalize()
+    t = GradientStore.open(tmp_path / "s")
+    assert t.n_rows == 5 and t.manifest["complete"]
+    assert t.ids() == [f"r{i}" for i in range(5)]
+    assert list(t.rows()["n_prompt_tokens"]) == [0, 1, 2, 3, 4]
+    vecs = t.vectors()
+    np.testing.assert_array_equal(vecs, np.vstack([a, b]).astype(np.float16).astype(np.float32))
+    index = t.index()
+    assert index.ntotal == 5
+    scores, ids = index.search(vecs[3:4], 1)
+    assert ids[0, 0] == 3 and abs(scores[0, 0] - float(vecs[3] @ vecs[3])) < 1e-5
+
+
+@pytest.mark.parametrize("field,change", [("projection", {"dim": 16}), ("projection", {"seed": 1}), ("model.fingerprint", {"fp": "zzz"})])
+def test_resume_with_other_settings_is_refused(tmp_path, field, change):
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    s.append(rows(1), unit(1, 8, 0))
+    other = identity(**change)
+    with pytest.raises(MismatchError) as err:
+        GradientStore.create_or_resume(tmp_path / "s", other)
+    msg = str(err.value)
+    assert field in msg and str(tmp_path / "s") in msg
+    old, new = (json.dumps(identity()["projection"], sort_keys=True), json.dumps(other["projection"], sort_keys=True)) if field == "projection" else ("abc", "zzz")
+    assert old in msg and new in msg
+
+
+def test_corrupt_part_is_detected(tmp_path):
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    s.append(rows(2), unit(2, 8, 0))
+    part = tmp_path / "s" / "parts" / "part-00000.npy"
+    part.write_bytes(part.read_bytes()[:-7])
+    with pytest.raises(StoreError, match="part-00000.npy: checksum does not match"):
+        GradientStore.open(tmp_path / "s").vectors()
+
+
+def test_newer_format_is_refused(tmp_path):
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    s.manifest["format_version"] = 99
+    s._write_manifest()
+    with pytest.raises(StoreError, match="format version 99 .*upgrade curator"):
+        GradientStore.open(tmp_path / "s")
+
+
+def test_not_a_store(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("x")
+    with pytest.raises(StoreError, match="not a gradient store"):
+        GradientStore.open(tmp_path / "junk")
+    with pytest.raises(StoreError, match="exists and is not a gradient store"):
+        GradientStore.create_or_resume(tmp_path / "junk", identity())
+
+
+class Crash(Exception):
+    pass
+
+
+def test_index_resumes_after_interruption_bit_identically(tmp_path, small_data):
+    cands, _ = small_data
+    config = IndexConfig(model="tiny-random", projection=ProjectionConfig(dim=64), gradient=GradientConfig(max_length=128), batch_size=2)
+    clean = index_file(cands, tmp_path / "clean", config)
+    assert clean.rows_added == 6
+
+    calls = {"n": 0}
+
+    def crash_after_first_batch(stage: str, done: int, total: int) -> None:
+        calls["n"] += 1
+        if done >= 2:
+            raise Crash()
+
+    _, data = load_rows(cands)
+    with pytest.raises(Crash):
+        index_rows(Featurizer(config), data, tmp_path / "resumed", "candidates", progress=crash_after_first_batch)
+    half = GradientStore.open(tmp_path / "resumed")
+    assert half.n_rows == 2 and not half.manifest["complete"]
+    again = index_file(cands, tmp_path / "resumed", config)
+    assert (again.rows_added, again.rows_skipped) == (4, 2)
+    a, b = GradientStore.open(tmp_path / "clean"), GradientStore.open(tmp_path / "resumed")
+    assert a.ids() == b.ids()
+    np.testing.assert_array_equal(a.vectors(), b.vectors())
+    # a third run adds nothing
+    assert index_file(cands, tmp_path / "resumed", config).rows_added == 0
+
+
+def test_store_records_model_fingerprint_and_config(tmp_path, small_data):
+    cands, _ = small_data
+    config = IndexConfig(model="tiny-random", projection=ProjectionConfig(dim=32, seed=5), batch_size=4)
+    index_file(cands, tmp_path / "s", config)
+    m = GradientStore.open(tmp_path / "s").manifest
+    assert m["model"]["fingerprint"] == load_model("tiny-random").fingerprint
+    assert m["projection"]["dim"] == 32 and m["projection"]["seed"] == 5
+    assert m["lora"]["r"] == 8 and m["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert m["gradient"]["kind"] == "sgd" and m["rows"] == 6 and m["format_version"] == 1
+    assert m["curator_version"] and len(m["parts"]) == 2
