@@ -357,3 +357,19 @@ def test_stores_with_different_dim_are_refused(stores: dict[str, Path]) -> None:
     line = assert_one_error_line(m, f"train store {stores['train']}", f"eval store {ev128}", "differ in projection", '"dim": 256', '"dim": 128')
     assert line.index('"dim": 256') < line.index('"dim": 128')
     assert not out.exists()
+
+
+def test_unexpected_exception_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import curator.indexing
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(curator.indexing, "index_file", boom)
+    monkeypatch.delenv("CURATOR_DEBUG", raising=False)
+    data = write_jsonl(tmp_path / "c.jsonl", candidate_rows())
+    r = invoke(["index", str(data), "--out", str(tmp_path / "s"), "--model", "tiny-random"])
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines == ["error: internal error RuntimeError: disk on fire (set CURATOR_DEBUG=1 for the traceback, and please report it)"]
+    assert "Traceback" not in r.output
