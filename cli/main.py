@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from curator import __version__
-from curator.cli.render import CuratorGroup, lora_from, lora_options, model_option, progress
+from curator.cli.render import CuratorGroup, render_side_by_side, lora_from, lora_options, model_option, progress
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
+from curator.metrics import ALL_METRICS
 from curator.errors import InputError
 
 
@@ -140,24 +141,109 @@ def warmup(ctx: click.Context, data: Path, out: Path, model: str, fraction: floa
 
 
 @cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Scores table: .parquet, .csv or .jsonl. Samples are cached beside it as <name>.samples.jsonl.")
+@model_option
+@click.option("--samples", "k", type=int, default=4, show_default=True, help="Outputs sampled from the target model per prompt group.")
+@click.option("--metrics", default=",".join(ALL_METRICS), show_default=True, help="Comma-separated metrics: embedding, hidden, rouge-l, token-f1, answer, perplexity, sappl.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature (0 = greedy).")
+@click.option("--top-p", type=float, default=0.9, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest sampled output, in tokens.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--sample-batch-size", type=int, default=8, show_default=True, help="Prompts per generation batch.")
+@click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences when scoring, keeping response tokens first.")
+@click.option("--n-demos", type=int, default=2, show_default=True, help="In-context examples of the model's own answers for self-aligned perplexity (sappl).")
+@click.pass_context
+def align(ctx: click.Context, data: Path, out: Path, model: str, k: int, metrics: str, temperature: float, top_p: float, max_new_tokens: int, seed: int, sample_batch_size: int, max_length: int, n_demos: int) -> None:
+    """Score each candidate in DATA by how closely it matches outputs sampled from the target model."""
+    from curator.align import AlignConfig, align_file
+    from curator.metrics import parse_metrics
+    from curator.sampling import SamplingConfig
+
+    sampling = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=sample_batch_size)
+    config = AlignConfig(model=model, metrics=tuple(parse_metrics(metrics)), sampling=sampling, max_length=max_length, n_demos=n_demos)
+    r = align_file(data, out, config, progress=progress(ctx))
+    n_groups = r.table["group"].nunique()
+    click.echo(f"scored {len(r.table)} candidates in {n_groups} prompt groups ({', '.join(config.metrics)}) into {r.out}")
+    click.echo(f"samples: {r.sampling.generated} groups generated, {r.sampling.cached} reused from {r.samples_file}")
+    if r.empty_samples:
+        click.echo(f"{r.empty_samples} empty sample(s) were excluded from scoring; {len(r.groups_without_samples)} group(s) had no usable sample (their alignment scores are empty)")
+
+
+@cli.command()
+@click.argument("scores", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report directory.")
+@click.option("--primary", default="alignment", show_default=True, help="The metric that decides the recommended strategy.")
+@click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples over prompt groups.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def select(scores: Path, out: Path, primary: str, n_boot: int, seed: int) -> None:
+    """Pick the strategy whose candidates fit the target model best, from an `align` scores table."""
+    from curator.selection import select_strategy, write_selection_report
+    from curator.tables import read_table
+
+    result = select_strategy(read_table(scores), n_boot=n_boot, seed=seed, primary=primary)
+    paths = write_selection_report(result, out)
+    for note in result.get("notes", []):
+        click.echo(f"note: {note}")
+    rec = result.get("recommendation") or {}
+    if result.get("recommended"):
+        click.echo(f"recommended strategy: {result['recommended']} (by {rec.get('metric')}; {rec.get('confidence', '')})")
+    for note in result.get("disagreements", []):
+        click.echo(f"metrics disagree: {note}")
+    click.echo(f"report: {paths['markdown']} (plot: {paths['plot']})")
+
+
+@cli.command()
+@click.argument("scores", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Ranking table: .parquet, .csv or .jsonl.")
+@click.option("--influence", "influence_file", type=click.Path(path_type=Path), default=None, help="An influence table from `curator influence`.")
+@click.option("--w-alignment", type=float, default=1.0, show_default=True, help="Weight of the alignment z-score.")
+@click.option("--w-influence", type=float, default=1.0, show_default=True, help="Weight of the influence z-score.")
+@click.option("--influence-column", default="influence_max", show_default=True, help="Influence column to use: influence_max, influence_mean or influence:<task>.")
+def rank(scores: Path, out: Path, influence_file: Path | None, w_alignment: float, w_influence: float, influence_column: str) -> None:
+    """Rank each prompt's candidates for annotators, from alignment and (optionally) influence, with explanations."""
+    from curator.ranking import RankingWeights, rank_candidates
+    from curator.tables import check_table_path, read_table, write_table
+
+    check_table_path(out)
+    weights = RankingWeights(alignment=w_alignment, influence=w_influence, influence_column=influence_column)
+    table = rank_candidates(read_table(scores), read_table(influence_file) if influence_file else None, weights)
+    write_table(table, out)
+    click.echo(f"ranked {len(table)} candidates in {table['group'].nunique()} prompt groups into {out}")
+
+
+@cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True, help="Output folder.")
 @model_option
 @click.option("--dim", type=int, default=8192, show_default=True, help="Projection dimension.")
 @click.option("--tasks", type=int, default=None, help="Use only the first N subjects (default: all 8).")
 @click.option("--probes", type=int, default=None, help="Use only the first N probe questions per subject (default: all 3).")
+@click.option("--samples", "k", type=int, default=4, show_default=True, help="Outputs sampled from the target model per prompt (alignment).")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest sampled output, in tokens.")
+@click.option("--no-align", is_flag=True, help="Skip the alignment signal (align + select + rank).")
 @click.pass_context
-def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None) -> None:
-    """Run index → influence → study on the bundled MMLU demo data, offline."""
-    from curator.demo import run_demo
+def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None, k: int, max_new_tokens: int, no_align: bool) -> None:
+    """Run both signals on the bundled MMLU demo data, offline, and show them side by side.
 
-    r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, progress=progress(ctx))
+    Alignment: align + select. Influence: index + influence + study. Then a ranking per prompt.
+    """
+    from curator.demo import run_demo
+    from curator.sampling import SamplingConfig
+
+    r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, align=not no_align, sampling=SamplingConfig(k=k, max_new_tokens=max_new_tokens), progress=progress(ctx))
     click.echo(f"indexed {r.train.rows_total} candidates and {r.eval.rows_total} eval items; {r.train.truncated + r.eval.truncated} truncated")
+    if r.side_by_side:
+        click.echo(render_side_by_side(r.side_by_side))
+    if r.selection is not None:
+        click.echo(f"alignment recommends: {r.summary['recommended']} (report: {r.selection_report['markdown']})")  # type: ignore[index]
     click.echo(f"swift study against the '{r.summary['baseline']}' baseline:")
     for line in r.verdicts.values():
         click.echo(f"  {line}")
     click.echo(f"influence: {r.influence}")
     click.echo(f"top-3 per eval item: {r.top_k}")
     click.echo(f"report: {r.report['markdown']} (plot: {r.report['heatmap']})")
+    if r.ranking is not None:
+        click.echo(f"ranking for annotators: {r.ranking}")
 
 
 def main() -> None:

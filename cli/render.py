@@ -78,3 +78,19 @@ def lora_from(kw: dict[str, Any]) -> LoraSettings:
 
 
 model_option = click.option("--model", default="smollm2-135m", show_default=True, help="Model spec: smollm2-135m (bundled), tiny-random, a local HF folder, or a hub id (online only).")
+
+
+def render_side_by_side(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table: strategy, relative influence (in-task, cross-task), mean alignment metrics."""
+
+    def num(v: Any, signed: bool = False) -> str:
+        return "n/a" if v is None else (f"{v:+.4f}" if signed else f"{v:.4f}")
+
+    extra = [m for m in ("alignment", "perplexity", "sappl") if m in rows[0]]
+    header = ["strategy", "in-task Δinfluence", "cross-task Δinfluence", *[f"mean {m}" for m in extra]]
+    body = [
+        [r["strategy"], f"{num(r['in_task_influence'], True)} ({r['in_task_verdict']})", f"{num(r['cross_task_influence'], True)} ({r['cross_task_verdict']})", *[num(r[m]) for m in extra]]
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body])

@@ -1,4 +1,8 @@
-"""`curator demo`: the warm-up-free pipeline index → influence → study on the bundled data.
+"""`curator demo`: both signals on the bundled data, side by side.
+
+Alignment: align → select (sample from the target model, score candidates, pick a strategy).
+Influence: the warm-up-free pipeline index → influence → study. Then one ranking per prompt
+from both signals, as annotators would see it.
 
 The bundled data (``curator/assets/demo``, see its SOURCE.md) holds MMLU probe questions with one
 candidate per strategy (direct, cot, clarify, evaluate) and held-out eval questions per subject.
@@ -11,13 +15,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from curator.align import AlignConfig, samples_path, score_candidates
 from curator.config import GradientConfig, IndexConfig, ProgressFn, ProjectionConfig, no_progress
 from curator.data import Candidate, EvalItem, load_candidates, load_eval
 from curator.errors import InputError
 from curator.indexing import Featurizer, IndexResult, index_rows
 from curator.influence import influence_scores, open_space, top_k
+from curator.models import load_model
+from curator.ranking import rank_candidates
+from curator.sampling import SamplingConfig
+from curator.selection import select_strategy, write_selection_report
 from curator.study import run_study, write_report
-from curator.tables import write_table
+from curator.tables import read_table, write_table
 
 
 def demo_data_dir() -> Path:
@@ -50,10 +59,32 @@ class DemoResult:
     report: dict[str, Path]
     verdicts: dict[str, str]
     summary: dict[str, Any] = field(default_factory=dict)
+    scores: Path | None = None
+    selection: dict[str, Any] | None = None
+    selection_report: dict[str, Path] | None = None
+    ranking: Path | None = None
+    side_by_side: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, progress: ProgressFn = no_progress) -> DemoResult:
-    """Index the bundled candidates and eval set, score influence, and run the swift study into ``out``."""
+def side_by_side(study: dict[str, Any], selection: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per strategy: relative influence (in-task, cross-task) and mean alignment metrics."""
+    rows = []
+    for s in study["strategies"]:
+        row: dict[str, Any] = {"strategy": s}
+        for part in ("in_task", "cross_task"):
+            entry = study[part].get(s)
+            row[f"{part}_influence"] = 0.0 if s == study["baseline"] else (entry or {}).get("mean_diff")
+            row[f"{part}_verdict"] = "baseline" if s == study["baseline"] else (entry or {}).get("verdict")
+        if selection is not None:
+            for m in ("alignment", "perplexity", "sappl"):
+                if m in selection["metrics"]:
+                    row[m] = selection["stats"][s][m]["mean"]
+        rows.append(row)
+    return rows
+
+
+def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, align: bool = True, sampling: SamplingConfig | None = None, progress: ProgressFn = no_progress) -> DemoResult:
+    """Both signals on the bundled data into ``out``: align + select, index + influence + study, ranking."""
     if tasks is not None and tasks < 1 or probes is not None and probes < 1:
         raise InputError("--tasks and --probes must be integers >= 1")
     out_dir = Path(out)
@@ -61,8 +92,15 @@ def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_
     cands, evals = subset(load_candidates(data / "candidates.jsonl"), load_eval(data / "eval.jsonl"), tasks, probes)
     config = IndexConfig(model=model, projection=ProjectionConfig(dim=dim), gradient=GradientConfig(max_length=max_length), batch_size=batch_size)
     progress("load model", 0, 1)
-    featurizer = Featurizer(config)
+    loaded = load_model(model)
     progress("load model", 1, 1)
+    scores_path = selection = selection_paths = None
+    if align:  # before LoRA is attached for the gradients
+        aligned = score_candidates(cands, loaded, AlignConfig(model=model, sampling=sampling or SamplingConfig(), max_length=max_length), samples_path(out_dir / "scores.parquet"), progress)
+        scores_path = write_table(aligned.table, out_dir / "scores.parquet")
+        selection = select_strategy(aligned.table)
+        selection_paths = write_selection_report(selection, out_dir / "selection")
+    featurizer = Featurizer(config, loaded)
     train = index_rows(featurizer, cands, out_dir / "train_store", "candidates", progress=lambda s, d, t: progress("index candidates", d, t))
     ev = index_rows(featurizer, evals, out_dir / "eval_store", "eval", progress=lambda s, d, t: progress("index eval", d, t))
     space = open_space([out_dir / "train_store"], [out_dir / "eval_store"])
@@ -71,4 +109,8 @@ def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_
     topk_path = write_table(top_k(space, 3), out_dir / "top_k.csv")
     result = run_study(table)
     report = write_report(result, out_dir / "study")
-    return DemoResult(out_dir, train, ev, infl_path, topk_path, report, result["verdicts"], {"baseline": result["baseline"], "n_candidates": len(cands), "n_eval": len(evals)})
+    ranking_path = None
+    if align:
+        ranking_path = write_table(rank_candidates(read_table(scores_path), table), out_dir / "ranking.csv")  # type: ignore[arg-type]
+    summary = {"baseline": result["baseline"], "n_candidates": len(cands), "n_eval": len(evals), "recommended": (selection or {}).get("recommended")}
+    return DemoResult(out_dir, train, ev, infl_path, topk_path, report, result["verdicts"], summary, scores_path, selection, selection_paths, ranking_path, side_by_side(result, selection))

@@ -11,7 +11,8 @@ def test_core_imports_no_cli_or_argilla():
     code = (
         "import sys, json\n"
         "import curator, curator.data, curator.models, curator.encoding, curator.gradients, curator.projection,"
-        " curator.store, curator.indexing, curator.influence, curator.study, curator.warmup, curator.demo, curator.tables\n"
+        " curator.store, curator.indexing, curator.influence, curator.study, curator.warmup, curator.demo, curator.tables,"
+        " curator.metrics, curator.alignment, curator.likelihood, curator.sampling, curator.align, curator.selection, curator.ranking\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'argilla') or m.startswith(('curator.cli', 'curator.integrations')))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,362 @@
+"""Sample k outputs from the target model per prompt group (the reference set for alignment).
+
+The alignment score of a candidate (SPPL, "Efficient Response Generation Method Selection for
+Fine-Tuning LLMs") is its similarity to outputs the target model itself produces for the prompt.
+This module draws those outputs:
+
+- prompts are rendered exactly like the prompt side of ``curator.encoding.render``;
+- generation runs in left-padded batches with a KV cache; each prompt is prefilled once and its
+  cache is repeated for its k sample rows, and rows that hit a stop token leave the batch;
+- every row draws its random numbers from its own generator, seeded from (seed, prompt hash,
+  sample index), so samples do not depend on how prompts are grouped into batches, and a resumed
+  run gives the same samples as a clean one;
+- finished prompts are appended to a JSONL cache (fsynced per batch) keyed by model fingerprint,
+  prompt and sampling config, so interrupted runs continue and complete reruns generate nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from curator.atomic import write_text_atomic
+from curator.config import ProgressFn, no_progress
+from curator.data import Prompt, content_hash, prompt_text
+from curator.errors import InputError
+from curator.models import LoadedModel
+
+FORMAT_VERSION = 1
+CHATML_END = "<|im_end|>"
+STAGE = "sampling"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the target model is sampled. ``batch_size`` (prompts per batch) only affects speed."""
+
+    k: int = 4
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.k) or self.k < 1:
+            raise InputError(f"samples k={self.k!r} is invalid: use an integer >= 1 (--samples)")
+        if not _is_num(self.temperature) or self.temperature < 0:
+            raise InputError(f"temperature={self.temperature!r} is invalid: use a number >= 0, where 0 means greedy decoding (--temperature)")
+        if not _is_num(self.top_p) or not 0 < self.top_p <= 1:
+            raise InputError(f"top_p={self.top_p!r} is invalid: use a number with 0 < top_p <= 1 (--top-p)")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens={self.max_new_tokens!r} is invalid: use an integer >= 1 (--max-new-tokens)")
+        if not _is_int(self.seed):
+            raise InputError(f"seed={self.seed!r} is invalid: use an integer (--seed)")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise InputError(f"batch_size={self.batch_size!r} is invalid: use an integer >= 1 (--sample-batch-size)")
+        # 0 and 0.0 must give the same cache key
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """The settings that define the samples (everything but ``batch_size``)."""
+        d = asdict(self)
+        del d["batch_size"]
+        return d
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+@dataclass
+class SamplingStats:
+    """What one ``sample_outputs`` call did.
+
+    ``generated``: groups whose samples were generated in this call; ``cached``: groups served from
+    the cache file; ``empty``: empty sample strings among all returned samples; ``seconds``: wall time.
+    """
+
+    generated: int = 0
+    cached: int = 0
+    empty: int = 0
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- prompts and keys
+
+
+def prompt_text_for_generation(tokenizer: Any, prompt: Prompt) -> str:
+    """The prompt as the model sees it before its answer (the prompt side of ``encoding.render``)."""
+    if getattr(tokenizer, "chat_template", None):
+        msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return (tokenizer.bos_token or "") + prompt_text(prompt) + "\n"
+
+
+def cache_key(fingerprint: str, prompt: Prompt, config: SamplingConfig) -> str:
+    """sha256 over (format version, model fingerprint, prompt content hash, config minus batch_size)."""
+    payload = {"format_version": FORMAT_VERSION, "model": fingerprint, "prompt": content_hash(prompt), "config": config.key_dict()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def row_seed(seed: int, prompt_hash: str, index: int) -> int:
+    """The generator seed of sample ``index`` of a prompt: independent of batching and run order."""
+    digest = hashlib.sha256(f"{seed}:{prompt_hash}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def stop_token_ids(loaded: LoadedModel) -> set[int]:
+    """Token ids that end a sample: the tokenizer's eos, the generation config's eos, and ``<|im_end|>``."""
+    tok = loaded.tokenizer
+    ids: set[int] = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    for v in gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]:
+        if v is not None:
+            ids.add(int(v))
+    vocab = tok.get_vocab()
+    if CHATML_END in vocab:
+        ids.add(int(vocab[CHATML_END]))
+    return ids
+
+
+# --------------------------------------------------------------------------- cache file
+
+
+def _load_cache(path: Path) -> dict[str, list[str]]:
+    """Valid entries of the cache file by key; a torn or invalid line is dropped and the file repaired."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        write_text_atomic(path, json.dumps({"format_version": FORMAT_VERSION}) + "\n")
+        return {}
+    try:
+        header = json.loads(lines[0])
+    except ValueError:
+        header = None
+    if not (isinstance(header, dict) and "format_version" in header):
+        if header is None and len(lines) == 1:  # a torn header: nothing was cached yet
+            write_text_atomic(path, json.dumps({"format_version": FORMAT_VERSION}) + "\n")
+            return {}
+        raise InputError(f"{path}: not a curator sampling cache (its first line is not a {{\"format_version\": ...}} header): pass a new --sample-cache path or delete the file")
+    dirty = header.get("format_version") != FORMAT_VERSION or not raw.endswith(b"\n")
+    entries: dict[str, list[str]] = {}
+    kept: list[str] = []
+    if header.get("format_version") == FORMAT_VERSION:
+        for line in lines[1:]:
+            try:
+                obj = json.loads(line)
+            except ValueError:  # a torn last line from an interrupted run
+                dirty = True
+                continue
+            samples = obj.get("samples") if isinstance(obj, dict) else None
+            if not (isinstance(obj.get("key"), str) and isinstance(samples, list) and all(isinstance(s, str) for s in samples)):
+                dirty = True
+                continue
+            entries[obj["key"]] = samples
+            kept.append(line.decode("utf-8"))
+    if dirty:
+        write_text_atomic(path, "".join(x + "\n" for x in [json.dumps({"format_version": FORMAT_VERSION}), *kept]))
+    return entries
+
+
+def _append(path: Path, lines: list[dict[str, Any]]) -> None:
+    """Append entries and make them durable before reporting progress."""
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", encoding="utf-8") as fh:
+        if new:
+            fh.write(json.dumps({"format_version": FORMAT_VERSION}) + "\n")
+        fh.write("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _pick(logits: torch.Tensor, u: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """One token per row: greedy, or nucleus sampling by inverse CDF with the row's own uniform ``u``."""
+    if config.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / config.temperature, dim=-1)
+    sp, si = torch.sort(probs, dim=-1, descending=True, stable=True)
+    cum = sp.cumsum(dim=-1)
+    if config.top_p < 1.0:
+        sp = sp.masked_fill(cum - sp >= config.top_p, 0.0)  # keep the smallest prefix with mass >= top_p
+        cum = sp.cumsum(dim=-1)
+    j = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    j = torch.minimum(j, ((sp > 0).sum(dim=-1) - 1).clamp(min=0))
+    return si.gather(1, j.unsqueeze(1)).squeeze(1)
+
+
+@torch.inference_mode()
+def generate_batch(model: Any, prompt_ids: list[list[int]], seeds: list[list[int]], config: SamplingConfig, stop_ids: set[int], pad_id: int) -> list[list[list[int]]]:
+    """Generated token ids (stop token excluded) for each prompt and each of its rows.
+
+    ``seeds[i]`` holds one generator seed per row of prompt ``i``. Prompts are left-padded and
+    prefilled once; the KV cache is then repeated for the rows, and finished rows leave the batch.
+    """
+    device = next(model.parameters()).device
+    n, max_new = len(prompt_ids), config.max_new_tokens
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    reps = torch.tensor([len(s) for s in seeds], device=device)
+    cache = out.past_key_values
+    if int(reps.min()) != 1 or int(reps.max()) != 1:
+        if int(reps.min()) == int(reps.max()):
+            cache.batch_repeat_interleave(int(reps[0]))
+        else:
+            cache.batch_select_indices(torch.repeat_interleave(torch.arange(n, device=device), reps))
+    logits = out.logits[:, -1, :].float().repeat_interleave(reps, dim=0)
+    mask = mask.repeat_interleave(reps, dim=0)
+    next_pos = pos[:, -1].repeat_interleave(reps, dim=0) + 1
+    flat_seeds = [s for row in seeds for s in row]
+    uniforms = torch.stack([torch.rand(max_new, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in flat_seeds]).float().to(device)
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    rows = torch.arange(len(flat_seeds), device=device)  # which original row each batch row is
+    tokens: list[list[int]] = [[] for _ in flat_seeds]
+    for t in range(max_new):
+        nxt = _pick(logits, uniforms[rows, t], config)
+        stopped = torch.isin(nxt, stops)
+        for r, tok, s in zip(rows.tolist(), nxt.tolist(), stopped.tolist()):
+            if not s:
+                tokens[r].append(tok)
+        if t == max_new - 1:
+            break
+        if bool(stopped.any()):
+            keep = (~stopped).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            rows, nxt, mask, next_pos = rows[keep], nxt[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        next_pos = next_pos + 1
+    result: list[list[list[int]]] = []
+    at = 0
+    for row in seeds:
+        result.append(tokens[at : at + len(row)])
+        at += len(row)
+    return result
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class _Pending:
+    key: str
+    prompt_hash: str
+    ids: list[int]
+    groups: list[str]
+
+
+def sample_outputs(
+    loaded: LoadedModel,
+    prompts: dict[str, Prompt],
+    config: SamplingConfig,
+    cache_path: str | Path | None = None,
+    progress: ProgressFn = no_progress,
+    stats: SamplingStats | None = None,
+) -> dict[str, list[str]]:
+    """Exactly ``config.k`` samples (assistant text, special tokens stripped, trimmed) per group id.
+
+    An empty string means the model produced nothing. With ``cache_path``, finished prompts are
+    appended to that JSONL file after every batch and reused by later calls; pass ``stats`` to
+    learn how many groups were generated or cached. Progress is reported as ("sampling", done, total)
+    in groups.
+    """
+    start = time.perf_counter()
+    tok, model = loaded.tokenizer, loaded.model
+    path = Path(cache_path) if cache_path is not None else None
+    if path is not None:
+        if path.is_dir():
+            raise InputError(f"{path}: the sampling cache path is a directory: pass a file path, e.g. {path / 'samples.jsonl'}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    cached = _load_cache(path) if path is not None else {}
+    result: dict[str, list[str]] = {}
+    pending: dict[str, _Pending] = {}
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    for group, prompt in prompts.items():
+        key = cache_key(loaded.fingerprint, prompt, config)
+        hit = cached.get(key)
+        if hit is not None and len(hit) == config.k:
+            result[group] = list(hit)
+            continue
+        if key in pending:
+            pending[key].groups.append(group)
+            continue
+        ids = tok(prompt_text_for_generation(tok, prompt), add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InputError(f"group {group!r}: the prompt renders to no tokens: give the group a non-empty prompt")
+        if max_pos and len(ids) + config.max_new_tokens > max_pos:
+            ids = ids[len(ids) - max(1, max_pos - config.max_new_tokens) :]  # keep the end, where the question is
+        pending[key] = _Pending(key, content_hash(prompt), list(ids), [group])
+    n_cached = len(result)
+    total = len(prompts)
+    progress(STAGE, n_cached, total)
+    todo = sorted(pending.values(), key=lambda p: len(p.ids))  # similar lengths share a batch: less padding
+    rows = 1 if config.greedy else config.k  # greedy rows of one prompt are identical
+    stop_ids = stop_token_ids(loaded)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(stop_ids))
+    was_training = model.training
+    model.eval()
+    done = n_cached
+    try:
+        for lo in range(0, len(todo), config.batch_size):
+            batch = todo[lo : lo + config.batch_size]
+            seeds = [[row_seed(config.seed, p.prompt_hash, j) for j in range(rows)] for p in batch]
+            out = generate_batch(model, [p.ids for p in batch], seeds, config, stop_ids, pad_id)
+            lines = []
+            for p, per_row in zip(batch, out):
+                texts = [tok.decode(r, skip_special_tokens=True).strip() for r in per_row]
+                texts = texts * config.k if rows == 1 else texts
+                for g in p.groups:
+                    result[g] = list(texts)
+                    lines.append({"key": p.key, "group": g, "samples": texts})
+            if path is not None:
+                _append(path, lines)
+            done += len(lines)
+            progress(STAGE, done, total)
+    finally:
+        model.train(was_training)
+    ordered = {g: result[g] for g in prompts}
+    if stats is not None:
+        stats.generated = total - n_cached
+        stats.cached = n_cached
+        stats.empty = sum(1 for s in ordered.values() for x in s if not x)
+        stats.seconds = time.perf_counter() - start
+    return ordered
