@@ -22,12 +22,18 @@ def cli(quiet: bool) -> None:
     Influence: per-example LoRA gradients of the target model, randomly projected into a FAISS
     store; a candidate's influence on an eval task is its mean cosine to that task's eval items.
 
+    Alignment: k outputs sampled from the target model per prompt; a candidate's alignment is
+    its mean similarity to them, and the best-aligned strategy is the recommended one.
+
     \b
     Typical run:
       curator index candidates.jsonl --out train_store
       curator index eval.jsonl --out eval_store
       curator influence --train train_store --eval eval_store --out influence.parquet
       curator study --train train_store --eval eval_store --out study/
+      curator align candidates.jsonl --out scores.parquet
+      curator select scores.parquet --out selection/
+      curator rank scores.parquet --influence influence.parquet --out ranking.csv
     """
 
 
@@ -234,6 +240,8 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
     click.echo(f"indexed {r.train.rows_total} candidates and {r.eval.rows_total} eval items; {r.train.truncated + r.eval.truncated} truncated")
     if r.side_by_side:
         click.echo(render_side_by_side(r.side_by_side))
+    if r.aligned is not None and r.aligned.empty_samples:
+        click.echo(f"{r.aligned.empty_samples} empty sample(s) excluded from alignment; {len(r.aligned.groups_without_samples)} group(s) had none usable")
     if r.selection is not None:
         click.echo(f"alignment recommends: {r.summary['recommended']} (report: {r.selection_report['markdown']})")  # type: ignore[index]
     click.echo(f"swift study against the '{r.summary['baseline']}' baseline:")

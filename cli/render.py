@@ -22,7 +22,7 @@ class CuratorGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted (curator index continues where it stopped when rerun)", err=True)
+            click.echo("interrupted: rerun the same command to continue (index and align keep their finished batches)", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise

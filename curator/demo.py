@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from curator.align import AlignConfig, samples_path, score_candidates
+from curator.align import AlignConfig, AlignResult, samples_path, score_candidates
 from curator.config import GradientConfig, IndexConfig, ProgressFn, ProjectionConfig, no_progress
 from curator.data import Candidate, EvalItem, load_candidates, load_eval
 from curator.errors import InputError
@@ -64,6 +64,7 @@ class DemoResult:
     selection_report: dict[str, Path] | None = None
     ranking: Path | None = None
     side_by_side: list[dict[str, Any]] = field(default_factory=list)
+    aligned: AlignResult | None = None
 
 
 def side_by_side(study: dict[str, Any], selection: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -94,7 +95,7 @@ def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_
     progress("load model", 0, 1)
     loaded = load_model(model)
     progress("load model", 1, 1)
-    scores_path = selection = selection_paths = None
+    scores_path = selection = selection_paths = aligned = None
     if align:  # before LoRA is attached for the gradients
         aligned = score_candidates(cands, loaded, AlignConfig(model=model, sampling=sampling or SamplingConfig(), max_length=max_length), samples_path(out_dir / "scores.parquet"), progress)
         scores_path = write_table(aligned.table, out_dir / "scores.parquet")
@@ -113,4 +114,4 @@ def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_
     if align:
         ranking_path = write_table(rank_candidates(read_table(scores_path), table), out_dir / "ranking.csv")  # type: ignore[arg-type]
     summary = {"baseline": result["baseline"], "n_candidates": len(cands), "n_eval": len(evals), "recommended": (selection or {}).get("recommended")}
-    return DemoResult(out_dir, train, ev, infl_path, topk_path, report, result["verdicts"], summary, scores_path, selection, selection_paths, ranking_path, side_by_side(result, selection))
+    return DemoResult(out_dir, train, ev, infl_path, topk_path, report, result["verdicts"], summary, scores_path, selection, selection_paths, ranking_path, side_by_side(result, selection), aligned)

@@ -38,7 +38,7 @@ METRIC_MEANING = {
     "token-f1": "token-level F1 overlap with the model's own samples",
     "answer": "agreement of the final answer with the model's own answers",
     "perplexity": "the target model's perplexity of the candidate response",
-    "sappl": "self-aligned perplexity: perplexity after the model's own paraphrase prompt",
+    "sappl": "self-aligned perplexity: perplexity after in-context examples of the model's own answers to other prompts",
 }
 NEEDS_TWO = "strategy comparison needs ≥ 2 strategies"
 

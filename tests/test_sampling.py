@@ -109,6 +109,24 @@ def test_pick_follows_the_nucleus_distribution():
     assert _pick(logits[:3], u[:3], SamplingConfig(temperature=0)).tolist() == [1, 1, 1]
 
 
+@pytest.mark.parametrize("scale", [0.05, 3.0])  # a flat row (nucleus wider than the probe) and a peaked one
+def test_pick_matches_a_full_sort_nucleus(scale):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1000, generator=gen) * scale
+    cfg = SamplingConfig(temperature=0.7, top_p=0.9)
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    sp, si = probs.sort(descending=True)
+    n_keep = int(((sp.cumsum(0) - sp) < cfg.top_p).sum())
+    expected = torch.zeros(1000)
+    expected[si[:n_keep]] = sp[:n_keep] / sp[:n_keep].sum()
+    n = 3000
+    u = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    counts = torch.bincount(_pick(logits.expand(n, 1000), u, cfg), minlength=1000).float()
+    # inverse-CDF sampling on an even grid of n uniforms hits each token n*q times, give or take one
+    assert (counts - n * expected).abs().max() <= 1.01
+    assert (n_keep > 256) == (scale < 1)
+
+
 # --------------------------------------------------------------------------- sample_outputs
 
 
