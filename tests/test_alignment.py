@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 
 from curator.alignment import (
-    ALIGNMENT_METRICS,
-    ALL_METRICS,
     Embedder,
     HiddenStates,
     answer_agreement,
@@ -20,12 +18,12 @@ from curator.alignment import (
     hidden_alignment,
     hidden_similarity,
     mean_pairwise,
-    parse_metrics,
     rouge_l,
     score_alignment,
     token_f1,
 )
 from curator.errors import InputError
+from curator.metrics import ALIGNMENT_METRICS, ALL_METRICS, parse_metrics
 from curator.models import load_model
 
 TEXTS = ["The answer is (B).", "Let's think step by step: 3 + 4 = 7. The answer is 7.", "A cat sat on the mat."]
