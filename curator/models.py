@@ -52,9 +52,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CURATOR_CACHE") or Path.home() / ".cache" / "curator")
 
 
-def fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the architecture config and every weight tensor, in name order."""
+def fingerprint(model: torch.nn.Module, tokenizer: Any = None) -> str:
+    """sha256 over the architecture config, the tokenizer (vocabulary size and chat template) and every weight tensor."""
     h = hashlib.sha256()
+    if tokenizer is not None:
+        h.update(json.dumps([len(tokenizer), getattr(tokenizer, "chat_template", None)], default=str).encode())
     cfg = model.config.to_dict()
     arch = {k: v for k, v in sorted(cfg.items()) if not k.startswith("_") and k not in _CONFIG_KEYS_IGNORED and isinstance(v, (int, float, str, bool, list, type(None)))}
     h.update(json.dumps(arch, sort_keys=True, default=str).encode())
@@ -197,4 +199,4 @@ def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    return LoadedModel(spec=spec, model=model, tokenizer=tok, fingerprint=fingerprint(model))
+    return LoadedModel(spec=spec, model=model, tokenizer=tok, fingerprint=fingerprint(model, tok))

@@ -163,7 +163,7 @@ def _load_cache(path: Path) -> dict[str, list[str]]:
         if header is None and len(lines) == 1:  # a torn header: nothing was cached yet
             write_text_atomic(path, json.dumps({"format_version": FORMAT_VERSION}) + "\n")
             return {}
-        raise InputError(f"{path}: not a curator sampling cache (its first line is not a {{\"format_version\": ...}} header): pass a new --sample-cache path or delete the file")
+        raise InputError(f"{path}: not a curator sampling cache (its first line is not a {{\"format_version\": ...}} header): delete the file or choose another --out name (the cache is <out name>.samples.jsonl)")
     dirty = header.get("format_version") != FORMAT_VERSION or not raw.endswith(b"\n")
     entries: dict[str, list[str]] = {}
     kept: list[str] = []
@@ -258,11 +258,8 @@ def generate_batch(model: Any, prompt_ids: list[list[int]], seeds: list[list[int
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     reps = torch.tensor([len(s) for s in seeds], device=device)
     cache = out.past_key_values
-    if int(reps.min()) != 1 or int(reps.max()) != 1:
-        if int(reps.min()) == int(reps.max()):
-            cache.batch_repeat_interleave(int(reps[0]))
-        else:
-            cache.batch_select_indices(torch.repeat_interleave(torch.arange(n, device=device), reps))
+    if int(reps.max()) > 1:  # one prefill per prompt, shared by its rows
+        cache.batch_select_indices(torch.repeat_interleave(torch.arange(n, device=device), reps))
     logits = out.logits[:, -1, :].float().repeat_interleave(reps, dim=0)
     mask = mask.repeat_interleave(reps, dim=0)
     next_pos = pos[:, -1].repeat_interleave(reps, dim=0) + 1

@@ -33,7 +33,16 @@ def test_fingerprint_changes_with_weights(tmp_path):
 
     with torch.no_grad():
         next(a.model.parameters()).view(-1)[0] += 1e-3
-    assert fingerprint(a.model) != before
+    assert fingerprint(a.model, a.tokenizer) != before
+
+
+def test_fingerprint_covers_the_chat_template():
+    from curator.models import fingerprint
+
+    a = load_model("tiny-random")
+    assert fingerprint(a.model, a.tokenizer) == a.fingerprint
+    a.tokenizer.chat_template = "{{ messages[0]['content'] }}"
+    assert fingerprint(a.model, a.tokenizer) != a.fingerprint
 
 
 def test_missing_folder_and_offline_hub_id(tmp_path, monkeypatch):
