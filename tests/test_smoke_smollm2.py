@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_pipeline_on_smollm2(tmp_path):
-    r = run_demo(tmp_path / "demo", model="smollm2-135m", dim=2048, tasks=2, probes=2)
+    from curator.sampling import SamplingConfig
+
+    r = run_demo(tmp_path / "demo", model="smollm2-135m", dim=2048, tasks=2, probes=2, sampling=SamplingConfig(k=2, max_new_tokens=48))
     assert (r.train.rows_total, r.eval.rows_total) == (16, 4)
     manifest = json.loads((tmp_path / "demo" / "train_store" / "manifest.json").read_text())
     assert manifest["model"]["spec"] == "smollm2-135m" and manifest["projection"]["input_dim"] == 921_600
@@ -30,6 +32,16 @@ def test_demo_pipeline_on_smollm2(tmp_path):
     for v in report["in_task"].values():
         assert v["verdict"] in ("better", "worse", "indistinguishable")
     assert r.report["heatmap"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the alignment signal, on real samples from SmolLM2
+    import pandas as pd
+
+    scores = pd.read_parquet(r.scores)
+    assert len(scores) == 16 and (scores["n_samples"] > 0).all()
+    assert scores["embedding"].between(-1, 1).all() and (scores["perplexity"] > 1).all()
+    assert r.selection is not None and r.selection["recommended"] in ("direct", "cot", "clarify", "evaluate")
+    ranking = pd.read_csv(r.ranking)
+    assert sorted(ranking.groupby("group")["rank"].max()) == [4, 4, 4, 4]
+    assert [row["strategy"] for row in r.side_by_side] == ["direct", "clarify", "cot", "evaluate"]
 
 
 def test_jl_fidelity_on_smollm2_demo_gradients():
