@@ -28,7 +28,7 @@ from curator.errors import InputError
 from curator.metrics import ALIGNMENT_METRICS, ALL_METRICS
 from curator.likelihood import perplexity, self_aligned_perplexity
 from curator.models import LoadedModel, load_model
-from curator.ranking import zscore
+from curator.stats import zscore
 from curator.sampling import SamplingConfig, SamplingStats, sample_outputs
 from curator.tables import check_table_path, write_table
 

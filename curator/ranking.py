@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from curator.errors import InputError
+from curator.stats import finite_or_none, zscore
 from curator.influence import INFLUENCE_PREFIX
 
 OUTPUT_COLUMNS = ["id", "group", "strategy", "task", "rank", "score", "alignment", "influence", "best_influence_task", "explanation"]
@@ -64,12 +65,6 @@ class SignalNote:
     label: str = "influence"
 
 
-def _num(x: float) -> float | None:
-    """A plain float, or None where missing."""
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _fmt(x: float) -> str:
     """A compact number: three significant digits."""
     return f"{x:.3g}"
@@ -96,20 +91,6 @@ def explain(rank: int, of: int, notes: list[SignalNote]) -> str:
     """One line for annotators: ``ranked <rank> of <of>: <what each signal says>``."""
     parts = [_phrase(n) for n in notes]
     return f"ranked {rank} of {of}" + (": " + ", ".join(parts) if parts else "")
-
-
-def zscore(values: np.ndarray) -> np.ndarray:
-    """(x − mean) / std over the finite values (population std); NaN and constant columns give 0."""
-    x = np.asarray(values, dtype=float)
-    finite = np.isfinite(x)
-    out = np.zeros_like(x)
-    if finite.sum() < 2:
-        return out
-    mean, std = x[finite].mean(), x[finite].std()
-    if not std > 1e-12 * max(1.0, abs(mean)):
-        return out
-    out[finite] = (x[finite] - mean) / std
-    return out
 
 
 def _numeric(df: pd.DataFrame, col: str, where: str) -> np.ndarray:
@@ -244,10 +225,10 @@ def rank_candidates(
         for pos, i in enumerate(members):
             notes = []
             if has_alignment:
-                notes.append(SignalNote("alignment", _num(alignment[i]), _place(a_vals, pos), use_a))
+                notes.append(SignalNote("alignment", finite_or_none(alignment[i]), _place(a_vals, pos), use_a))
             if i_vals is not None:
                 target = fixed_target if fixed_target else (best_task[i] if weights.influence_column == "influence_max" else None)
-                notes.append(SignalNote("influence", _num(infl[i]), _place(i_vals, pos), use_i, target, label))
+                notes.append(SignalNote("influence", finite_or_none(infl[i]), _place(i_vals, pos), use_i, target, label))
             rows.append({
                 "id": scores["id"].iloc[i],
                 "group": groups[i],

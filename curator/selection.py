@@ -25,6 +25,7 @@ import pandas as pd
 from curator.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from curator.errors import InputError
 from curator.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from curator.stats import finite_or_none
 
 FORMAT_VERSION = 1
 # Display order, and the fallback order for the deciding metric: combined alignment, the single
@@ -46,14 +47,6 @@ NEEDS_TWO = "strategy comparison needs ≥ 2 strategies"
 def direction(metric: str) -> str:
     """'higher' or 'lower': which way is better for ``metric``."""
     return "lower" if metric in LOWER_IS_BETTER else "higher"
-
-
-def _num(x: Any) -> float | None:
-    """A plain float for JSON, or None where the value is missing or not finite."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _validate(table: pd.DataFrame) -> list[str]:
@@ -113,7 +106,7 @@ def _summarise(values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int,
     keys, inverse = np.unique(clusters, return_inverse=True)
     sums = np.bincount(inverse, weights=values)
     counts = np.bincount(inverse).astype(float)
-    entry["mean"] = _num(values.mean())
+    entry["mean"] = finite_or_none(values.mean())
     entry["n_groups"] = int(keys.size)
     if keys.size < 2:
         return entry
@@ -121,7 +114,7 @@ def _summarise(values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int,
     means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
-    entry["low"], entry["high"] = _num(low), _num(high)
+    entry["low"], entry["high"] = finite_or_none(low), finite_or_none(high)
     return entry
 
 
@@ -143,7 +136,7 @@ def _spearman(stats: dict[str, dict[str, Any]], metric: str, primary: str) -> fl
         good[m] = pd.Series([sign * stats[s][m]["mean"] for s in common]).rank(method="average")
     if good[metric].nunique() < 2 or good[primary].nunique() < 2:
         return None
-    return _num(np.corrcoef(good[metric].to_numpy(), good[primary].to_numpy())[0, 1])
+    return finite_or_none(np.corrcoef(good[metric].to_numpy(), good[primary].to_numpy())[0, 1])
 
 
 def _pick_primary(primary: str, metrics: list[str], rankings: dict[str, list[str]]) -> tuple[str | None, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pandas as pd
 from curator.atomic import write_bytes_atomic
 from curator.errors import InputError
 from curator.influence import INFLUENCE_PREFIX
+from curator.stats import finite_or_none
 
 FORMAT_VERSION = 1
 REQUIRED_COLUMNS = ("id", "strategy", "task", "group")
@@ -40,14 +40,6 @@ def eval_tasks(table: pd.DataFrame) -> list[str]:
         for c in table.columns
         if str(c).startswith(INFLUENCE_PREFIX) and len(str(c)) > len(INFLUENCE_PREFIX)
     )
-
-
-def _float_or_none(x: Any) -> float | None:
-    """A plain float for JSON, or None where the value is missing or not finite."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _validate(table: pd.DataFrame) -> list[str]:
@@ -160,7 +152,7 @@ def _paired(
     diffs = (s.loc[common] - b.loc[common]).to_numpy(dtype=float)
     skipped = int(scores["group"].nunique() - diffs.size)
     entry: dict[str, Any] = {
-        "mean_diff": _float_or_none(diffs.mean()) if diffs.size else None,
+        "mean_diff": finite_or_none(diffs.mean()) if diffs.size else None,
         "low": None,
         "high": None,
         "n_probes": int(diffs.size),
@@ -233,7 +225,7 @@ def run_study(
 
     cols = [INFLUENCE_PREFIX + t for t in tasks]
     by_strategy = table[cols].astype(float).groupby(table["strategy"].astype(str)).mean()
-    mean = {s: {t: _float_or_none(by_strategy.at[s, INFLUENCE_PREFIX + t]) for t in tasks} for s in strategies}
+    mean = {s: {t: finite_or_none(by_strategy.at[s, INFLUENCE_PREFIX + t]) for t in tasks} for s in strategies}
     relative = {
         s: {
             t: (None if mean[s][t] is None or mean[base][t] is None else mean[s][t] - mean[base][t])

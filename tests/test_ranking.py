@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from curator.errors import InputError
-from curator.ranking import OUTPUT_COLUMNS, RankingWeights, explain, rank_candidates, zscore
+from curator.ranking import OUTPUT_COLUMNS, RankingWeights, explain, rank_candidates
+from curator.stats import zscore
 
 
 def scores() -> pd.DataFrame:
