@@ -190,8 +190,9 @@ def rank_candidates(
     if not isinstance(weights, RankingWeights):
         raise InputError(f"weights must be a RankingWeights, got {type(weights).__name__}")
     n = len(scores)
-    has_alignment = "alignment" in scores.columns
-    alignment = _numeric(scores, "alignment", "scores table") if has_alignment else np.full(n, np.nan)
+    alignment = _numeric(scores, "alignment", "scores table") if "alignment" in scores.columns else np.full(n, np.nan)
+    # an alignment column with no value at all (e.g. align --metrics perplexity) is no signal
+    has_alignment = bool(np.isfinite(alignment).any())
     infl: np.ndarray | None = None
     best_task: list[str | None] = [None] * n
     if influence is not None:

@@ -174,3 +174,13 @@ def test_zscore_and_explain_helpers() -> None:
     assert list(zscore(np.array([2.0, 2.0]))) == [0.0, 0.0]
     assert list(zscore(np.array([np.nan, 5.0]))) == [0.0, 0.0]
     assert explain(1, 1, []) == "ranked 1 of 1"
+
+
+def test_all_missing_alignment_is_not_a_signal() -> None:
+    scores = pd.DataFrame({"id": ["a", "b"], "strategy": ["x", "y"], "task": ["t", "t"], "group": ["g", "g"], "alignment": [np.nan, np.nan]})
+    with pytest.raises(InputError, match="nothing to rank by: signals present: none"):
+        rank_candidates(scores)
+    infl = pd.DataFrame({"id": ["a", "b"], "influence_max": [0.1, 0.9]})
+    ranked = rank_candidates(scores, infl)
+    assert list(ranked["id"]) == ["b", "a"]
+    assert "alignment" not in ranked["explanation"].iloc[0]
