@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.curator-installed
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast venv redis clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,13 +17,20 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# Redis from the system, for the local argilla-server (tests marked `argilla`, `curator argilla serve`)
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
+	  else echo "redis-server is missing: install it (sudo apt-get install redis-server)" >&2; exit 1; fi; }
+
 demo: $(STAMP)
 	$(VENV)/bin/curator demo --out demo-output
 
-test: $(STAMP)
+test: $(STAMP) redis
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) redis
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -254,6 +254,12 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
         click.echo(f"ranking for annotators: {r.ranking}")
 
 
+from curator.cli.argilla import argilla_group, export_cmd  # noqa: E402  (registered after the core commands)
+
+cli.add_command(argilla_group)
+cli.add_command(export_cmd)
+
+
 def main() -> None:
     cli(prog_name="curator")
 

@@ -1,0 +1,159 @@
+"""`curator argilla ...` (serve, push, pull, listen) and `curator export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from curator.cli.render import progress
+
+DEFAULT_DATA_DIR = Path("argilla-data")
+
+api_options = [
+    click.option("--api-url", envvar="ARGILLA_API_URL", default=None, help="Argilla server URL (env ARGILLA_API_URL; default: the server `curator argilla serve` runs for --data-dir)."),
+    click.option("--api-key", envvar="ARGILLA_API_KEY", default=None, help="API key (env ARGILLA_API_KEY). Never printed."),
+    click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True, help="Local server folder used when no --api-url is given."),
+    click.option("--workspace", default="curator", show_default=True, help="Argilla workspace (created when missing)."),
+]
+
+
+def with_api(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(api_options):
+        f = opt(f)
+    return f
+
+
+def client_from(api_url: str | None, api_key: str | None, data_dir: Path) -> Any:
+    """A connected SDK client: explicit URL/key, else the local server curator runs for data_dir."""
+    from curator.integrations.argilla.client import connect
+
+    if api_url is None:
+        from curator.integrations.argilla.server import status
+
+        st = status(data_dir)
+        if st.info is not None:
+            api_url = st.info.url
+            api_key = api_key or st.info.api_key
+    return connect(api_url=api_url, api_key=api_key)
+
+
+@click.group("argilla")
+def argilla_group() -> None:
+    """Annotate in Argilla: a local server, push candidates, pull rankings, listen for submissions."""
+
+
+@argilla_group.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True, help="Where the server keeps its database, search index and logs.")
+@click.option("--port", type=int, default=None, help="HTTP port (default: a free one).")
+@click.option("--stop", "stop_", is_flag=True, help="Stop the processes started for --data-dir, by pid.")
+@click.option("--status", "status_", is_flag=True, help="Show whether the server for --data-dir runs.")
+def serve(data_dir: Path, port: int | None, stop_: bool, status_: bool) -> None:
+    """Start a local argilla-server 2.8.0 (SQLite, Redis, curator's search engine) in the background.
+
+    The server runs in its own virtualenv (created on first use). Data survives restarts.
+    """
+    from curator.integrations.argilla.server import serve as start, status, stop
+
+    if stop_:
+        stopped = stop(data_dir)
+        click.echo(f"stopped {', '.join(f'{r} (pid {p})' for r, p in stopped.items())}" if stopped else f"no server was running for {data_dir}")
+        return
+    if status_:
+        st = status(data_dir)
+        state = "running" if st.running else ("answering" if st.answering else "not running")
+        click.echo(f"{data_dir}: {state}" + (f" at {st.info.url}" if st.info else ""))
+        return
+    info = start(data_dir, port=port, progress=lambda msg: click.echo(msg, err=True))
+    click.echo(f"Argilla is up at {info.url}")
+    click.echo(f"log in as {info.username} / {info.password}; API key for the SDK and curator: {info.api_key}")
+    click.echo(f"data: {info.data_dir}; stop with: curator argilla serve --stop --data-dir {data_dir}")
+
+
+@argilla_group.command()
+@click.argument("candidates", type=click.Path(path_type=Path))
+@click.option("--dataset", required=True, help="Argilla dataset name.")
+@click.option("--scores", type=click.Path(path_type=Path), default=None, help="Scores table from `curator align` (alignment suggestions).")
+@click.option("--influence", "influence_file", type=click.Path(path_type=Path), default=None, help="Influence table from `curator influence`.")
+@click.option("--store", type=click.Path(path_type=Path), default=None, help="The candidates' gradient store (record vectors for 'find similar').")
+@click.option("--w-alignment", type=float, default=1.0, show_default=True, help="Weight of alignment in the suggested ranking.")
+@click.option("--w-influence", type=float, default=1.0, show_default=True, help="Weight of influence in the suggested ranking.")
+@click.option("--vector-dim", type=int, default=256, show_default=True, help="Record vector size (a seeded projection of the gradient direction).")
+@click.option("--batch-size", type=int, default=50, show_default=True, help="Records per request.")
+@with_api
+@click.pass_context
+def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+    """Push CANDIDATES to Argilla: one record per prompt, ranked by curator's scores. Re-pushing updates in place."""
+    import pandas as pd
+
+    from curator.data import load_candidates
+    from curator.integrations.argilla.push import push as run_push
+    from curator.ranking import RankingWeights, rank_candidates
+    from curator.store import GradientStore
+    from curator.tables import read_table
+
+    cands = load_candidates(candidates)
+    weights = RankingWeights(alignment=w_alignment, influence=w_influence)
+    ranking = None
+    if scores is not None or influence_file is not None:
+        base = read_table(scores) if scores is not None else pd.DataFrame({"id": [c.id for c in cands], "strategy": [c.strategy for c in cands], "task": [c.task for c in cands], "group": [c.group for c in cands]})
+        ranking = rank_candidates(base, read_table(influence_file) if influence_file is not None else None, weights)
+    gstore = GradientStore.open(store) if store is not None else None
+    client = client_from(api_url, api_key, data_dir)
+    r = run_push(cands, ranking, dataset, workspace=workspace, store=gstore, client=client, batch_size=batch_size, progress=progress(ctx), vector_dim=vector_dim, weights=weights)
+    click.echo(f"pushed {r.total} records to {r.workspace}/{r.dataset} ({r.created} new, {r.updated} updated){' — dataset created' if r.dataset_created else ''}")
+    click.echo(f"annotate at {r.url}")
+
+
+@argilla_group.command()
+@click.option("--dataset", required=True, help="Argilla dataset name.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Pulled file: .jsonl or .parquet.")
+@click.option("--method", type=click.Choice(["borda", "mean_rank"]), default="borda", show_default=True, help="How annotators' rankings are aggregated.")
+@with_api
+@click.pass_context
+def pull(ctx: click.Context, dataset: str, out: Path, method: str, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+    """Pull submitted rankings (every annotator's), aggregated per record with an agreement measure."""
+    from curator.integrations.argilla.pull import pull as run_pull
+
+    client = client_from(api_url, api_key, data_dir)
+    r = run_pull(dataset, workspace=workspace, client=client, out=out, method=method, progress=progress(ctx))
+    click.echo(f"pulled {r.records} records into {r.out}: {r.submitted} submitted ({r.responses} responses), {r.discarded} discarded, {r.pending} pending")
+    if r.strategy_votes:
+        click.echo("best-strategy votes: " + ", ".join(f"{s} {n}" for s, n in sorted(r.strategy_votes.items(), key=lambda x: -x[1])))
+
+
+@argilla_group.command()
+@click.option("--dataset", required=True, help="Argilla dataset name.")
+@click.option("--store", type=click.Path(path_type=Path), default=None, help="Unused placeholder for compatibility; neighbours come from the records' vectors.", hidden=True)
+@click.option("--neighbours", "k", type=int, default=5, show_default=True, help="Pending records re-ranked after each submission.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the listener binds to.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port the listener binds to (the server must reach it).")
+@click.option("--log", "log_file", type=click.Path(path_type=Path), default=None, help="JSONL log of every change (default: listen-<dataset>.log.jsonl).")
+@with_api
+def listen(dataset: str, store: Path | None, k: int, host: str, port: int, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+    """Listen for submitted rankings; update the strategy tally and re-rank similar pending records."""
+    from curator.integrations.argilla.listen import Listener, serve_listener
+
+    client = client_from(api_url, api_key, data_dir)
+    listener = Listener(client, dataset, workspace=workspace, k=k, log_path=log_file or Path(f"listen-{dataset}.log.jsonl"))
+    click.echo(f"listening for submissions on {dataset} at http://{host}:{port} (Ctrl-C to stop); changes are logged to {listener.log_path}")
+    serve_listener(listener, host=host, port=port)
+
+
+@click.command("export")
+@click.argument("pulled", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["sft", "dpo"]), required=True, help="SFT rows (the top choice) or DPO pairs.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help=".jsonl, .parquet, or a folder (datasets.save_to_disk).")
+@click.option("--min-annotators", type=int, default=1, show_default=True, help="Drop records with fewer annotators.")
+@click.option("--min-agreement", type=float, default=None, help="Drop records whose Kendall's W is lower (or unknown).")
+@click.option("--strategy", "strategies", multiple=True, help="Keep only these strategies' candidates (repeatable).")
+@click.option("--pairs", type=click.Choice(["top-vs-each", "top-vs-bottom"]), default="top-vs-each", show_default=True, help="DPO pairs: the top item against each lower one, or top vs bottom.")
+def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], pairs: str) -> None:
+    """Export a pulled file as a curated SFT or DPO training set, with a provenance card."""
+    from curator.export import export
+
+    r = export(pulled, fmt, out, min_annotators=min_annotators, min_agreement=min_agreement, strategies=list(strategies) or None, dpo_pairs=pairs)
+    dropped = ", ".join(f"{n} by {rule}" for rule, n in r.filtered.items() if n)
+    click.echo(f"wrote {r.rows} {fmt.upper()} rows from {r.kept} of {r.records} records to {r.out}" + (f" (dropped {dropped})" if dropped else ""))
+    click.echo(f"dataset card: {r.card}")

@@ -1,0 +1,202 @@
+"""`curator argilla pull`: annotators' submitted rankings → one aggregated row per record.
+
+Every record comes back: submitted ones with every annotator's ranking, the aggregated ranking
+(Borda or mean rank) and Kendall's W; discarded and pending ones with their status. The file's
+schema is documented in ``curator.annotations``.
+
+Records are read as the SDK's record *models* (``client.api.records.list``, paged), not as
+``dataset.records(...)`` objects, for two reasons found on SDK 2.8.0: the public ``Response``
+flattens a ranking to a plain list and drops the ranks (ties are lost), and building a ``Record``
+crashes (``'NoneType' object has no attribute 'items'``) on a discarded response sent without
+values, which the server accepts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from curator import __version__
+from curator.annotations import METHODS, PULLED_FORMAT, aggregate, summarize, tally_strategies
+from curator.config import ProgressFn, no_progress
+from curator.errors import InputError
+from curator.export import write_rows
+from curator.integrations.argilla.client import connect, with_retry
+from curator.integrations.argilla.mapping import BEST, COMMENT, PROMPT, RANKING, SLOT, SLOT_FLOATS, describe, n_slots_of, slot_candidates
+from curator.integrations.argilla.push import find_dataset
+
+PULL_SUFFIXES = (".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class PullResult:
+    out: Path
+    records: int
+    submitted: int
+    discarded: int
+    pending: int
+    responses: int
+    skipped: int = 0
+    strategy_votes: dict[str, int] = field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    """SDK/pydantic values (chat messages) as plain JSON data."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _status(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _raw_responses(model: Any) -> list[dict[str, Any]]:
+    """Each user's response as {user_id, status, values} (values: question name → value)."""
+    out = []
+    for m in model.responses or []:
+        values = {q: (v.get("value") if isinstance(v, dict) else getattr(v, "value", v)) for q, v in (m.values or {}).items()}
+        out.append({"user_id": str(m.user_id), "status": _status(m.status), "values": values})
+    return out
+
+
+def fetch_record_models(client: Any, dataset: Any, page: int = 100) -> list[Any]:
+    """Every record model of ``dataset`` with responses and suggestions, page by page."""
+    out: list[Any] = []
+    while True:
+        batch = with_retry(
+            lambda: client.api.records.list(dataset_id=dataset.id, offset=len(out), limit=page, with_suggestions=True, with_responses=True),
+            client, f"reading the records of dataset {dataset.name!r}",
+        )
+        out.extend(batch)
+        if len(batch) < page:
+            return out
+
+
+def _usernames(client: Any) -> dict[str, str]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {str(u.id): str(u.username) for u in client.users}
+    except Exception:  # an annotator key may not list users: ids are enough
+        return {}
+
+
+def record_metadata(model: Any) -> dict[str, Any]:
+    meta = model.metadata or {}
+    if isinstance(meta, dict):
+        return dict(meta)
+    return {m.name: m.value for m in meta}
+
+
+def _record_input(model: Any, n_slots: int, questions: dict[str, str]) -> dict[str, Any] | None:
+    """The aggregate() input for one record model, plus what the pulled row needs; None if not curator's."""
+    meta = record_metadata(model)
+    slots = slot_candidates(meta, n_slots)
+    if not slots:
+        return None
+    fields = _plain(dict(model.fields or {}))
+    responses = _raw_responses(model)
+    submitted = [r for r in responses if r["status"] == "submitted"]
+    status = "submitted" if submitted else "discarded" if any(r["status"] == "discarded" for r in responses) else "pending"
+    suggested: list[str] = []
+    for s in model.suggestions or []:
+        if questions.get(str(s.question_id), s.question_name) == RANKING:
+            values = [v.get("value") if isinstance(v, dict) else v for v in (s.value or [])]
+            suggested = [slots[v] for v in values if v in slots]
+    index = {s: s[len(SLOT):] for s in slots}
+    candidates = [{"slot": s, "id": cid, "strategy": meta.get(f"strategy_{index[s]}"), "text": fields.get(s)} for s, cid in slots.items()]
+    scores = [{"candidate_id": cid, **{k: meta.get(f"{k}_{index[s]}") for k in SLOT_FLOATS}} for s, cid in slots.items()]
+    return {
+        "id": str(model.external_id if model.external_id is not None else model.id),
+        "slots": slots,
+        "status": status,
+        "rankings": {r["user_id"]: r["values"][RANKING] for r in submitted if r["values"].get(RANKING) is not None},
+        "best_strategy": {r["user_id"]: r["values"].get(BEST) for r in submitted},
+        "comments": {r["user_id"]: r["values"].get(COMMENT) for r in submitted},
+        "prompt": fields.get(PROMPT),
+        "candidates": candidates,
+        "suggested_ranking": suggested,
+        "scores": scores,
+        "meta": meta,
+    }
+
+
+def _pulled_row(agg: dict[str, Any], names: dict[str, str], context: dict[str, Any]) -> dict[str, Any]:
+    users = list(agg["annotator_rankings"])
+    return {
+        "record_id": agg["id"],
+        "group": agg["meta"].get("group"),
+        "task": agg["meta"].get("task"),
+        "prompt": agg["prompt"],
+        "candidates": agg["candidates"],
+        "status": agg["status"],
+        "annotations": [
+            {"user_id": u, "username": names.get(u), "ranking": agg["annotator_rankings"][u], "best_strategy": agg["best_strategy"].get(u), "comment": agg["comments"].get(u)}
+            for u in users
+        ],
+        "ranking": agg["ranking"],
+        "ranking_scores": agg["ranking_scores"],
+        "method": agg["method"],
+        "agreement": agg["agreement"],
+        "n_annotators": agg["n_annotators"],
+        "best_strategy_votes": [{"strategy": s, "votes": v} for s, v in agg["best_strategy_votes"].items()],
+        "suggested_ranking": agg["suggested_ranking"],
+        "scores": agg["scores"],
+        "model_fingerprint": agg["meta"].get("model_fingerprint"),
+        **context,
+    }
+
+
+def pull(
+    dataset: str,
+    workspace: str = "curator",
+    client: Any = None,
+    out: str | Path = "pulled.jsonl",
+    method: str = "borda",
+    progress: ProgressFn = no_progress,
+    now: datetime | None = None,
+) -> PullResult:
+    """Fetch ``workspace``/``dataset``'s records with their responses and write the aggregated rows to ``out``."""
+    if method not in METHODS:
+        raise InputError(f"aggregation method {method!r} is unknown: use one of {', '.join(METHODS)} (--method)")
+    out_p = Path(out)
+    if out_p.suffix.lower() not in PULL_SUFFIXES:
+        raise InputError(f"{out_p}: unsupported output type {out_p.suffix!r}: use .jsonl or .parquet")
+    client = client or connect()
+    ds = find_dataset(client, dataset, workspace)
+    if ds is None:
+        raise InputError(f"no dataset {dataset!r} in workspace {workspace!r} at {getattr(client, 'api_url', 'the server')}: check --dataset and --workspace")
+    described = describe(ds.settings)
+    n_slots = n_slots_of(described)
+    if RANKING not in described["questions"] or not n_slots:
+        raise InputError(f"dataset {dataset!r} was not made by `curator argilla push` (no '{RANKING}' question over candidate slots)")
+    progress("pull", 0, 1)
+    records = fetch_record_models(client, ds)
+    questions = {str(q.id): q.name for q in ds.settings.questions}
+    names = _usernames(client)
+    inputs = [x for x in (_record_input(r, n_slots, questions) for r in records) if x is not None]
+    skipped = len(records) - len(inputs)
+    aggregated = aggregate(inputs, method)
+    context = {
+        "dataset": dataset,
+        "workspace": workspace,
+        "pulled_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "curator_version": __version__,
+        "format_version": PULLED_FORMAT,
+    }
+    rows = [_pulled_row(a, names, context) for a in aggregated]
+    write_rows(rows, out_p)
+    progress("pull", 1, 1)
+    counts = summarize(rows)
+    return PullResult(
+        out_p, counts["records"], counts["submitted"], counts["discarded"], counts["pending"],
+        sum(r["n_annotators"] for r in rows), skipped, tally_strategies(rows),
+    )

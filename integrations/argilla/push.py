@@ -1,0 +1,148 @@
+"""`curator argilla push`: candidates (+ ranking, + gradient store) → one Argilla record per prompt.
+
+Creates the workspace and the dataset when missing, or checks that the existing dataset's
+settings fit (refusing with the setting that differs). Records go in batches through
+``dataset.records.log`` (an upsert by record id), each batch retried with backoff on transient
+failures, so a rerun after a failure part-way completes the push with no duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pandas as pd
+
+from curator.config import ProgressFn, no_progress
+from curator.data import Candidate
+from curator.errors import InputError
+from curator.integrations.argilla.client import connect, with_retry
+from curator.integrations.argilla.mapping import check_compatible, describe, group_candidates, group_vectors, plan_records, settings_for, spec_for, to_record
+from curator.ranking import RankingWeights
+
+
+@dataclass(frozen=True)
+class PushResult:
+    created: int
+    updated: int
+    total: int
+    dataset: str
+    workspace: str
+    dataset_created: bool
+    url: str
+
+
+@contextlib.contextmanager
+def quiet_sdk_progress() -> Iterator[None]:
+    """Silence the SDK's own tqdm bar in ``records.log`` (library code never prints; we report via ``progress``)."""
+    try:
+        from argilla.records import _dataset_records as mod
+    except ImportError:  # pragma: no cover - another SDK layout: leave it be
+        yield
+        return
+    original = getattr(mod, "tqdm", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+    mod.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        mod.tqdm = original
+
+
+def ensure_workspace(client: Any, name: str) -> Any:
+    """The workspace ``name``, created when missing."""
+    import argilla as rg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = with_retry(lambda: client.workspaces(name), client, f"looking up workspace {name!r}")
+    if ws is None:
+        ws = with_retry(lambda: rg.Workspace(name=name, client=client).create(), client, f"creating workspace {name!r}")
+    return ws
+
+
+def find_dataset(client: Any, name: str, workspace: str) -> Any | None:
+    """The dataset ``name`` in ``workspace``, or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return with_retry(lambda: client.datasets(name=name, workspace=workspace), client, f"looking up dataset {name!r}")
+
+
+def existing_ids(dataset: Any, client: Any) -> set[str]:
+    """The record ids already in ``dataset``."""
+    def fetch() -> set[str]:
+        return {str(r.id) for r in dataset.records(with_suggestions=False, with_responses=False, with_vectors=False)}
+
+    return with_retry(fetch, client, f"listing the records of dataset {dataset.name!r}")
+
+
+def push(
+    candidates: list[Candidate],
+    ranking: pd.DataFrame | None,
+    dataset: str,
+    workspace: str = "curator",
+    store: Any = None,
+    client: Any = None,
+    batch_size: int = 50,
+    progress: ProgressFn = no_progress,
+    vector_dim: int = 256,
+    seed: int = 0,
+    weights: RankingWeights = RankingWeights(),
+    attempts: int = 5,
+) -> PushResult:
+    """Push one record per prompt group of ``candidates`` to ``workspace``/``dataset``.
+
+    ``ranking`` is the table from ``curator.ranking.rank_candidates`` (suggestions and score
+    metadata; None pushes without them). ``store`` is a ``GradientStore`` of the candidates (the
+    record vectors; None pushes without). ``client`` defaults to ``connect()`` from the environment.
+    """
+    import argilla as rg
+
+    if not dataset or not isinstance(dataset, str):
+        raise InputError("no dataset name: pass --dataset NAME")
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size} is invalid: use an integer >= 1 (--batch-size)")
+    spec = spec_for(candidates, vector_dim, store.dim if store is not None else None, weights)
+    groups = group_candidates(candidates)
+    vectors = group_vectors(groups, store, spec.vector_dim, seed) if store is not None and spec.vector_dim else None
+    fingerprint = ((store.manifest.get("model") or {}).get("fingerprint") if store is not None else None)
+    client = client or connect()
+    url = str(getattr(client, "api_url", ""))
+
+    progress("connect", 0, 1)
+    ensure_workspace(client, workspace)
+    ds = find_dataset(client, dataset, workspace)
+    created_ds = ds is None
+    if ds is None:
+        settings = settings_for(spec, client)
+        ds = with_retry(lambda: rg.Dataset(name=dataset, workspace=workspace, settings=settings, client=client).create(), client, f"creating dataset {dataset!r}")
+        known: set[str] = set()
+    else:
+        spec = check_compatible(describe(ds.settings), spec, dataset)
+        known = existing_ids(ds, client)
+    progress("connect", 1, 1)
+
+    plans = plan_records(candidates, spec, ranking, vectors, fingerprint)
+    total = len(plans)
+    created = updated = 0
+    progress("push", 0, total)
+    for lo in range(0, total, batch_size):
+        batch = plans[lo : lo + batch_size]
+
+        def send(batch: list[dict[str, Any]] = batch) -> None:
+            with quiet_sdk_progress(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds.records.log([to_record(p) for p in batch], batch_size=len(batch))
+
+        with_retry(send, client, f"sending records {lo + 1}-{lo + len(batch)} of {total} to dataset {dataset!r}", attempts=attempts)
+        new = sum(1 for p in batch if p["id"] not in known)
+        created += new
+        updated += len(batch) - new
+        known.update(p["id"] for p in batch)
+        progress("push", lo + len(batch), total)
+    return PushResult(created, updated, total, dataset, workspace, created_ds, url)
