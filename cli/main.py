@@ -227,8 +227,9 @@ def rank(scores: Path, out: Path, influence_file: Path | None, w_alignment: floa
 @click.option("--samples", "k", type=int, default=4, show_default=True, help="Outputs sampled from the target model per prompt (alignment).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest sampled output, in tokens.")
 @click.option("--no-align", is_flag=True, help="Skip the alignment signal (align + select + rank).")
+@click.option("--argilla", "with_argilla", is_flag=True, help="Then serve a local Argilla (data in OUT/argilla-data) and push the ranked candidates for annotators.")
 @click.pass_context
-def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None, k: int, max_new_tokens: int, no_align: bool) -> None:
+def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None, k: int, max_new_tokens: int, no_align: bool, with_argilla: bool) -> None:
     """Run both signals on the bundled MMLU demo data, offline, and show them side by side.
 
     Alignment: align + select. Influence: index + influence + study. Then a ranking per prompt.
@@ -252,6 +253,13 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
     click.echo(f"report: {r.report['markdown']} (plot: {r.report['heatmap']})")
     if r.ranking is not None:
         click.echo(f"ranking for annotators: {r.ranking}")
+    if with_argilla:
+        from curator.integrations.argilla.demo import push_demo
+
+        a = push_demo(r, out / "argilla-data", say=lambda msg: click.echo(msg, err=True), progress=progress(ctx))
+        click.echo(f"pushed {a.push.total} records to {a.push.workspace}/{a.push.dataset}; annotate at {a.push.url}")
+        click.echo(f"log in as {a.server.username} / {a.server.password}; API key: {a.server.api_key}")
+        click.echo(f"then: curator argilla pull --dataset {a.push.dataset} --data-dir {out / 'argilla-data'} --out pulled.jsonl; stop the server with: curator argilla serve --stop --data-dir {out / 'argilla-data'}")
 
 
 from curator.cli.argilla import argilla_group, export_cmd  # noqa: E402  (registered after the core commands)
