@@ -15,7 +15,7 @@ api_options = [
     click.option("--api-url", envvar="ARGILLA_API_URL", default=None, help="Argilla server URL (env ARGILLA_API_URL; default: the server `curator argilla serve` runs for --data-dir)."),
     click.option("--api-key", envvar="ARGILLA_API_KEY", default=None, help="API key (env ARGILLA_API_KEY). Never printed."),
     click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True, help="Local server folder used when no --api-url is given."),
-    click.option("--workspace", default="curator", show_default=True, help="Argilla workspace (created when missing)."),
+    click.option("--workspace", default="curator", show_default=True, help="Argilla workspace (push creates it when missing)."),
 ]
 
 
@@ -125,20 +125,21 @@ def pull(ctx: click.Context, dataset: str, out: Path, method: str, api_url: str 
 
 @argilla_group.command()
 @click.option("--dataset", required=True, help="Argilla dataset name.")
-@click.option("--store", type=click.Path(path_type=Path), default=None, help="Unused placeholder for compatibility; neighbours come from the records' vectors.", hidden=True)
-@click.option("--neighbours", "k", type=int, default=5, show_default=True, help="Pending records re-ranked after each submission.")
+@click.option("--neighbours", "k", type=int, default=5, show_default=True, help="Nearest pending records (by gradient vector) re-ranked after each submission.")
+@click.option("--weight", type=float, default=1.0, show_default=True, help="How strongly the strategy tally moves a candidate (added to its z-scored curator score).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the listener binds to.")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port the listener binds to (the server must reach it).")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port the listener binds to.")
+@click.option("--public-url", default=None, help="URL the Argilla server posts events to (default: http://HOST:PORT; 127.0.0.1 when HOST is 0.0.0.0).")
 @click.option("--log", "log_file", type=click.Path(path_type=Path), default=None, help="JSONL log of every change (default: listen-<dataset>.log.jsonl).")
 @with_api
-def listen(dataset: str, store: Path | None, k: int, host: str, port: int, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url: str | None, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
     """Listen for submitted rankings; update the strategy tally and re-rank similar pending records."""
     from curator.integrations.argilla.listen import Listener, serve_listener
 
     client = client_from(api_url, api_key, data_dir)
-    listener = Listener(client, dataset, workspace=workspace, k=k, log_path=log_file or Path(f"listen-{dataset}.log.jsonl"))
+    listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or Path(f"listen-{dataset}.log.jsonl"))
     click.echo(f"listening for submissions on {dataset} at http://{host}:{port} (Ctrl-C to stop); changes are logged to {listener.log_path}")
-    serve_listener(listener, host=host, port=port)
+    serve_listener(listener, host=host, port=port, public_url=public_url)
 
 
 @click.command("export")

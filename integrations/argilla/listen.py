@@ -34,6 +34,7 @@ from curator.integrations.argilla.client import with_retry
 from curator.integrations.argilla.mapping import AGENT, BEST, RANKING, VECTOR, slot, slot_candidates
 from curator.integrations.argilla.pull import record_metadata as _metadata
 from curator.integrations.argilla.pull import fetch_record_models
+from curator.integrations.argilla.push import find_dataset
 
 EVENTS = ["response.created", "response.updated"]
 
@@ -113,11 +114,14 @@ class Listener:
         if k < 1:
             raise InputError(f"--neighbours {k} is invalid: use an integer >= 1")
         self.client, self.k, self.weight, self.log_path = client, k, weight, Path(log_path)
-        ds = with_retry(lambda: client.datasets(name=dataset, workspace=workspace), client, f"finding dataset {dataset!r}")
+        ds = find_dataset(client, dataset, workspace)
         if ds is None:
             raise InputError(f"dataset {workspace}/{dataset} does not exist: push it first with `curator argilla push`")
         self.dataset = ds
-        self.ranking_question = next(q.id for q in ds.settings.questions if q.name == RANKING)
+        question = next((q.id for q in ds.settings.questions if q.name == RANKING), None)
+        if question is None:
+            raise InputError(f"dataset {workspace}/{dataset} has no '{RANKING}' question: listen works on datasets made by `curator argilla push`")
+        self.ranking_question = question
         records = self._fetch(with_vectors=True)
         self.ids = [str(r.id) for r in records]
         self.meta = {str(r.id): _metadata(r) for r in records}
@@ -241,14 +245,18 @@ def build_app(listener: Listener, public_url: str) -> Any:
             listener._log({"event": kind, "error": f"{type(exc).__name__}: {exc}"})
             raise
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Found existing webhook": reusing it is intended
-        rg.webhook_listener(events=EVENTS, client=listener.client, server=app, raw_event=True)(curator_listen)
+    def register() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Found existing webhook": reusing it is intended
+            rg.webhook_listener(events=EVENTS, client=listener.client, server=app, raw_event=True)(curator_listen)
+
+    with_retry(register, listener.client, "registering the webhook (this needs an owner's API key)")
     return app
 
 
-def serve_listener(listener: Listener, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the listener in the foreground until interrupted."""
+def serve_listener(listener: Listener, host: str = "127.0.0.1", port: int = 8000, public_url: str | None = None) -> None:
+    """Run the listener in the foreground until interrupted; the server posts events to ``public_url``."""
     import uvicorn
 
-    uvicorn.run(build_app(listener, f"http://{host}:{port}"), host=host, port=port, log_level="warning")
+    url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    uvicorn.run(build_app(listener, url), host=host, port=port, log_level="warning")

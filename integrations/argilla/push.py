@@ -67,9 +67,11 @@ def ensure_workspace(client: Any, name: str) -> Any:
 
 
 def find_dataset(client: Any, name: str, workspace: str) -> Any | None:
-    """The dataset ``name`` in ``workspace``, or None."""
+    """The dataset ``name`` in ``workspace``, or None (also when the workspace does not exist)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if with_retry(lambda: client.workspaces(workspace), client, f"looking up workspace {workspace!r}") is None:
+            return None
         return with_retry(lambda: client.datasets(name=name, workspace=workspace), client, f"looking up dataset {name!r}")
 
 
