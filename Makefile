@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.curator-installed
 
-.PHONY: demo test test-fast venv redis clean
+.PHONY: demo test test-fast venv redis browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,20 @@ redis:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
 	  else echo "redis-server is missing: install it (sudo apt-get install redis-server)" >&2; exit 1; fi; }
 
+# Debian's chromium, headless, for the browser test of the Argilla UI (tests/integrations/test_browser.py)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  else echo "chromium is missing: install it (sudo apt-get install chromium)" >&2; exit 1; fi; }
+
 demo: $(STAMP)
 	$(VENV)/bin/curator demo --out demo-output
 
-test: $(STAMP) redis
+test: $(STAMP) redis browser
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) redis
+test-fast: $(STAMP) redis browser
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

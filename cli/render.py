@@ -19,9 +19,11 @@ class CuratorGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CuratorError as exc:
+            _close_bars(ctx)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
+            _close_bars(ctx)
             click.echo("interrupted: rerun the same command to continue (index and align keep their finished batches)", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
@@ -29,6 +31,7 @@ class CuratorGroup(click.Group):
         except Exception as exc:  # a bug, not bad input: one line, the traceback on request
             if os.environ.get("CURATOR_DEBUG"):
                 raise
+            _close_bars(ctx)
             click.echo(f"error: internal error {type(exc).__name__}: {exc} (set CURATOR_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(1)
 
@@ -60,7 +63,16 @@ class Bars:
 
 
 def progress(ctx: click.Context) -> ProgressFn:
-    return Bars(quiet=bool(ctx.find_root().params.get("quiet")))
+    """The command's progress bars; kept on the root context so an error can close them first."""
+    bars = Bars(quiet=bool(ctx.find_root().params.get("quiet")))
+    ctx.find_root().meta.setdefault("curator.bars", []).append(bars)
+    return bars
+
+
+def _close_bars(ctx: click.Context) -> None:
+    """Close open progress bars so an error message starts on its own line."""
+    for bars in ctx.find_root().meta.get("curator.bars", []):
+        bars.close()
 
 
 def lora_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from curator.config import ProgressFn, no_progress
 from curator.data import Candidate
 from curator.errors import InputError
 from curator.integrations.argilla.client import connect, with_retry
-from curator.integrations.argilla.mapping import check_compatible, describe, group_candidates, group_vectors, plan_records, settings_for, spec_for, to_record
+from curator.integrations.argilla.mapping import RANKING, check_compatible, describe, group_candidates, group_vectors, plan_records, settings_for, spec_for, to_record
 from curator.ranking import RankingWeights
 
 
@@ -83,6 +83,27 @@ def existing_ids(dataset: Any, client: Any) -> set[str]:
     return with_retry(fetch, client, f"listing the records of dataset {dataset.name!r}")
 
 
+def api_model(plan: dict[str, Any], ds: Any) -> Any:
+    """The API model of a planned record, with the ranking suggestion's ranks made explicit.
+
+    The SDK's ``records.log`` sends a ranking suggestion as ``[{"value": slot}, ...]``, which
+    argilla-server 2.8.0 stores with null ranks, so the UI would not pre-fill the suggested order. The bulk
+    upsert endpoint (the same one ``records.log`` uses, keyed by the record id) takes
+    ``[{"value": slot, "rank": k}, ...]``.
+    """
+    record = to_record(plan)
+    record.dataset = ds
+    model = record.api_model()
+    for s in model.suggestions or []:
+        if s.question_name == RANKING or (s.question_id is not None and str(s.question_id) == _question_id(ds, RANKING)):
+            s.value = [{"value": v["value"] if isinstance(v, dict) else v, "rank": k + 1} for k, v in enumerate(s.value or [])]
+    return model
+
+
+def _question_id(ds: Any, name: str) -> str | None:
+    return next((str(q.id) for q in ds.settings.questions if q.name == name), None)
+
+
 def push(
     candidates: list[Candidate],
     ranking: pd.DataFrame | None,
@@ -137,9 +158,9 @@ def push(
         batch = plans[lo : lo + batch_size]
 
         def send(batch: list[dict[str, Any]] = batch) -> None:
-            with quiet_sdk_progress(), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds.records.log([to_record(p) for p in batch], batch_size=len(batch))
+                client.api.records.bulk_upsert(ds.id, [api_model(p, ds) for p in batch])
 
         with_retry(send, client, f"sending records {lo + 1}-{lo + len(batch)} of {total} to dataset {dataset!r}", attempts=attempts)
         new = sum(1 for p in batch if p["id"] not in known)

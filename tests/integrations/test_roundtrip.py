@@ -217,23 +217,23 @@ def test_incompatible_dataset_is_refused(demo_set: dict[str, Any], argilla_clien
 
 @pytest.mark.argilla
 def test_rerun_after_failure_part_way_completes_without_duplicates(demo_set: dict[str, Any], argilla_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from argilla.records._dataset_records import DatasetRecords
+    from argilla._api._records import RecordsAPI
 
     cands, name = demo_set["candidates"], f"rerun-{uuid.uuid4().hex[:8]}"
-    real_log = DatasetRecords.log
+    real_upsert = RecordsAPI.bulk_upsert
     calls = {"n": 0}
 
     def flaky(self: Any, *a: Any, **kw: Any) -> Any:
         calls["n"] += 1
         if calls["n"] >= 2:  # the connection drops after the first batch went in
             raise httpx.ConnectError("connection refused")
-        return real_log(self, *a, **kw)
+        return real_upsert(self, *a, **kw)
 
-    monkeypatch.setattr(DatasetRecords, "log", flaky)
+    monkeypatch.setattr(RecordsAPI, "bulk_upsert", flaky)
     with pytest.raises(ArgillaError, match="gave up after 2 attempts; rerunning is safe") as err:
         push(cands, demo_set["ranking"], name, "curator", client=argilla_client, batch_size=2, attempts=2)
     assert err.value.exit_code == 1
-    monkeypatch.setattr(DatasetRecords, "log", real_log)
+    monkeypatch.setattr(RecordsAPI, "bulk_upsert", real_upsert)
     assert server_count(argilla_client, name, "curator") == 2
     res = push(cands, demo_set["ranking"], name, "curator", client=argilla_client, batch_size=2)
     assert (res.created, res.updated) == (4, 2)
