@@ -81,9 +81,10 @@ def serve(data_dir: Path, port: int | None, stop_: bool, status_: bool) -> None:
 @click.option("--w-influence", type=float, default=1.0, show_default=True, help="Weight of influence in the suggested ranking.")
 @click.option("--vector-dim", type=int, default=256, show_default=True, help="Record vector size (a seeded projection of the gradient direction).")
 @click.option("--batch-size", type=int, default=50, show_default=True, help="Records per request.")
+@click.option("--annotators", type=int, default=None, help="Submitted rankings each record needs before it leaves the queues (Argilla's task distribution; new datasets default to 1).")
 @with_api
 @click.pass_context
-def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, annotators: int | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
     """Push CANDIDATES to Argilla: one record per prompt, ranked by curator's scores. Re-pushing updates in place."""
     import pandas as pd
 
@@ -101,7 +102,7 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
         ranking = rank_candidates(base, read_table(influence_file) if influence_file is not None else None, weights)
     gstore = GradientStore.open(store) if store is not None else None
     client = client_from(api_url, api_key, data_dir)
-    r = run_push(cands, ranking, dataset, workspace=workspace, store=gstore, client=client, batch_size=batch_size, progress=progress(ctx), vector_dim=vector_dim, weights=weights)
+    r = run_push(cands, ranking, dataset, workspace=workspace, store=gstore, client=client, batch_size=batch_size, progress=progress(ctx), vector_dim=vector_dim, weights=weights, annotators=annotators)
     click.echo(f"pushed {r.total} records to {r.workspace}/{r.dataset} ({r.created} new, {r.updated} updated){' — dataset created' if r.dataset_created else ''}")
     click.echo(f"annotate at {r.url}")
 

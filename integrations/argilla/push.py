@@ -117,17 +117,22 @@ def push(
     seed: int = 0,
     weights: RankingWeights = RankingWeights(),
     attempts: int = 5,
+    annotators: int | None = None,
 ) -> PushResult:
     """Push one record per prompt group of ``candidates`` to ``workspace``/``dataset``.
 
     ``ranking`` is the table from ``curator.ranking.rank_candidates`` (suggestions and score
     metadata; None pushes without them). ``store`` is a ``GradientStore`` of the candidates (the
     record vectors; None pushes without). ``client`` defaults to ``connect()`` from the environment.
+    ``annotators`` sets the dataset's task distribution (submitted responses a record needs before
+    it leaves the annotators' queues; Argilla's default is 1); None leaves an existing dataset's.
     """
     import argilla as rg
 
     if not dataset or not isinstance(dataset, str):
         raise InputError("no dataset name: pass --dataset NAME")
+    if annotators is not None and annotators < 1:
+        raise InputError(f"--annotators {annotators} is invalid: use an integer >= 1")
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size} is invalid: use an integer >= 1 (--batch-size)")
     spec = spec_for(candidates, vector_dim, store.dim if store is not None else None, weights)
@@ -143,11 +148,15 @@ def push(
     created_ds = ds is None
     if ds is None:
         settings = settings_for(spec, client)
+        settings.distribution = rg.TaskDistribution(min_submitted=annotators or 1)
         ds = with_retry(lambda: rg.Dataset(name=dataset, workspace=workspace, settings=settings, client=client).create(), client, f"creating dataset {dataset!r}")
         known: set[str] = set()
     else:
         spec = check_compatible(describe(ds.settings), spec, dataset)
         known = existing_ids(ds, client)
+        if annotators is not None and ds.settings.distribution.min_submitted != annotators:
+            ds.settings.distribution = rg.TaskDistribution(min_submitted=annotators)
+            with_retry(ds.update, client, f"setting {annotators} annotators per record on dataset {dataset!r}")
     progress("connect", 1, 1)
 
     plans = plan_records(candidates, spec, ranking, vectors, fingerprint)

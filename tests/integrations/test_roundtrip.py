@@ -346,3 +346,41 @@ def test_record_plan_ids_slots_and_compatibility() -> None:
         plan_records(cands + [Candidate("q-x", "other?", "x", "x", None, "q")], spec_for(cands))
     with pytest.raises(CuratorError, match="vector dim"):
         spec_for(cands, vector_dim=5000, store_dim=8192)
+
+
+@pytest.mark.argilla
+def test_annotators_sets_the_task_distribution(demo_set: dict[str, Any], argilla_server: Any, argilla_client: Any) -> None:
+    cands, name = demo_set["candidates"], f"dist-{uuid.uuid4().hex[:8]}"
+
+    def min_submitted() -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return argilla_client.datasets(name=name, workspace="curator").settings.distribution.min_submitted
+
+    push(cands, demo_set["ranking"], name, "curator", client=argilla_client, annotators=2)
+    assert min_submitted() == 2
+    push(cands, demo_set["ranking"], name, "curator", client=argilla_client)  # unset: left as it is
+    assert min_submitted() == 2
+    push(cands, demo_set["ranking"], name, "curator", client=argilla_client, annotators=3)
+    assert min_submitted() == 3
+    # with 2 needed, a record one annotator submitted stays in the other's pending queue
+    push(cands, demo_set["ranking"], name, "curator", client=argilla_client, annotators=2)
+    _, key_a = make_annotator(argilla_server, argilla_client, f"a-{uuid.uuid4().hex[:6]}", "curator")
+    _, key_b = make_annotator(argilla_server, argilla_client, f"b-{uuid.uuid4().hex[:6]}", "curator")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = argilla_client.datasets(name=name, workspace="curator")
+        rec = next(iter(ds.records(with_suggestions=False)))
+    respond(argilla_server, str(rec._server_id), key_a, "submitted", [(f"candidate_{i}", i) for i in range(1, 5)], best="cot")
+    pending = httpx.post(f"{argilla_server.url}/api/v1/me/datasets/{ds.id}/records/search", params={"include": []},
+                         json={"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
+                                                 {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]}]}},
+                         headers={"X-Argilla-Api-Key": key_b})
+    assert pending.status_code == 200, pending.text
+    assert str(rec._server_id) in {item["record"]["id"] for item in pending.json()["items"]}
+    # a second submission completes the record: it leaves the queue
+    respond(argilla_server, str(rec._server_id), key_b, "submitted", [(f"candidate_{i}", i) for i in range(1, 5)], best="cot")
+    again = httpx.post(f"{argilla_server.url}/api/v1/me/datasets/{ds.id}/records/search", params={"include": []},
+                       json={"filters": {"and": [{"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]}]}},
+                       headers={"X-Argilla-Api-Key": key_a})
+    assert str(rec._server_id) not in {item["record"]["id"] for item in again.json()["items"]}
