@@ -73,7 +73,11 @@ def test_webhook_updates_tally_and_neighbour_suggestions(demo_set: dict[str, Any
         _, key = make_annotator(argilla_server, argilla_client, f"ann-{uuid.uuid4().hex[:6]}", ws)
         respond(argilla_server, first, key, "submitted", [(cot_slot, 1)] + [(s, k + 2) for k, s in enumerate(others)], best="cot")
         deadline = time.time() + 60
-        while time.time() < deadline and not (log.exists() and log.read_text().strip()):
+        def logged() -> list[dict]:
+            return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+        # k=2 pending neighbours get re-ranked, one log entry each (or an error entry)
+        while time.time() < deadline and not (len([e for e in logged() if "neighbour" in e]) >= 2 or any("error" in e for e in logged())):
             time.sleep(0.25)
         entries = [json.loads(line) for line in log.read_text().splitlines()]
         changes = [e for e in entries if "neighbour" in e]
