@@ -8,7 +8,8 @@ init, no dropout), of the mean cross-entropy over response tokens. Two kinds:
   v' = b2*v + (1-b2)*g², from the Adam moments (m, v) saved in a warm-up checkpoint.
 
 ``reference_gradients`` is the plain, exact per-example loop (batch size 1, one backward per
-example). It is the oracle that any faster path must match.
+example). It is the oracle that the batched path (``curator.fastgrad``, used by ``gradients``)
+must match.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from curator.config import LoraSettings
 from curator.encoding import IGNORE_INDEX, Encoded
 from curator.errors import InputError, MismatchError
+from curator.fastgrad import per_example_gradients
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 CHECKPOINT_FILE = "checkpoint.json"
@@ -143,7 +145,7 @@ class GradientComputer:
 
     def gradients(self, examples: list[Encoded], kind: str = "sgd") -> torch.Tensor:
         """Per-example gradients of the given kind (``sgd`` or ``adam``), [n, n_params]."""
-        raw = self.reference_gradients(examples)
+        raw = per_example_gradients(self, examples)  # batched; reference_gradients stays the oracle
         if kind == "sgd":
             return raw
         if kind == "adam":

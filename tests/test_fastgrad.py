@@ -1,0 +1,149 @@
+"""Batched per-example LoRA gradients (hooks + einsums) against the exact per-example oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from curator.config import LoraSettings
+from curator.encoding import encode
+from curator.errors import InputError
+from curator.fastgrad import buckets, iter_per_example_gradients, per_example_gradients
+from curator.gradients import GradientComputer
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def mixed_examples(tok, max_length: int = 200):
+    """Plain and chat prompts of very different lengths, one of them truncated."""
+    pairs = [
+        ("What is 2 + 2?", "The answer is 4."),
+        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}], "Blue."),
+        ("Explain gravity in one sentence, please, for a child of five years old.", "Heavy things pull other things towards them, and the Earth is very heavy."),
+        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Count to three."}], "One, two, three."),
+        ("A long preamble. " * 14 + "Now answer: yes or no?", "Yes."),
+        ("Short?", "A considerably longer response that goes on for a while to make this example long. " * 2),
+    ]
+    return [encode(tok, p, r, max_length) for p, r in pairs]
+
+
+def randomise_lora_b(comp: GradientComputer, seed: int = 1) -> None:
+    """Non-zero lora_B, so lora_A gradients are non-zero too."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in comp.params:
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def assert_matches(comp: GradientComputer, fast: torch.Tensor, ref: torch.Tensor) -> None:
+    assert fast.shape == ref.shape == (ref.shape[0], comp.n_params)
+    assert fast.dtype == torch.float32
+    cos = F.cosine_similarity(fast, ref, dim=1)
+    assert bool((cos >= 0.9999).all()), cos.tolist()
+    assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-6), float((fast - ref).abs().max())
+    # every module's slice matches too (zero where the reference is zero)
+    off = 0
+    for name, p in comp.params:
+        k = p.numel()
+        f, r = fast[:, off : off + k], ref[:, off : off + k]
+        if float(r.abs().max()) == 0.0:
+            assert float(f.abs().max()) == 0.0, name
+        else:
+            assert bool((F.cosine_similarity(f, r, dim=1) >= 0.9999).all()), name
+        off += k
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["lora_B_zero", "lora_B_random"])
+def test_fast_matches_reference_in_one_padded_batch(tiny, warm):
+    comp = GradientComputer(tiny.model, LoraSettings())
+    if warm:
+        randomise_lora_b(comp)
+    encs = mixed_examples(tiny.tokenizer)
+    assert len({len(e.input_ids) for e in encs}) == len(encs)  # all lengths differ: real padding
+    ref = comp.reference_gradients(encs)
+    fast = per_example_gradients(comp, encs, batch_size=len(encs))
+    assert_matches(comp, fast, ref)
+    names_nonzero = {n for (n, p), s in zip(comp.params, _slices(comp, ref)) if float(s.abs().max()) > 0}
+    if warm:
+        assert names_nonzero == {n for n, _ in comp.params}  # lora_A and lora_B of every module
+    else:
+        assert names_nonzero == {n for n, _ in comp.params if "lora_B" in n}
+
+
+def _slices(comp: GradientComputer, g: torch.Tensor):
+    off = 0
+    for _, p in comp.params:
+        yield g[:, off : off + p.numel()]
+        off += p.numel()
+
+
+def test_every_linear_module_and_other_scaling(tiny):
+    comp = GradientComputer(tiny.model, LoraSettings(r=4, alpha=32, target_modules=ALL_LINEAR, dropout=0.1, seed=5))
+    randomise_lora_b(comp, seed=2)
+    encs = mixed_examples(tiny.tokenizer)
+    assert len(comp.params) == 2 * len(ALL_LINEAR) * 2
+    ref = comp.reference_gradients(encs)
+    assert_matches(comp, per_example_gradients(comp, encs, batch_size=4), ref)
+
+
+def test_order_preserved_with_buckets_and_no_side_effects(tiny):
+    comp = GradientComputer(tiny.model, LoraSettings())
+    randomise_lora_b(comp)
+    encs = mixed_examples(tiny.tokenizer)
+    ref = comp.reference_gradients(encs)
+    for kw in ({"batch_size": 1}, {"batch_size": 4}, {"tokens_per_batch": 300}, {}):
+        assert_matches(comp, per_example_gradients(comp, encs, **kw), ref)
+    # the same row gives the same gradient whatever batch it sits in
+    alone = per_example_gradients(comp, encs[2:3], batch_size=1)[0]
+    assert torch.allclose(alone, per_example_gradients(comp, encs, batch_size=6)[2], rtol=1e-4, atol=1e-6)
+    # no .grad left on the parameters, no hooks left on the model
+    assert all(p.grad is None for _, p in comp.params)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in comp.model.modules())
+    # the streaming form yields buckets of original indices covering every row once
+    seen = sorted(i for idx, g in iter_per_example_gradients(comp, encs, batch_size=4) for i in idx)
+    assert seen == list(range(len(encs)))
+
+
+def test_buckets_sort_and_respect_token_budget(tiny):
+    encs = mixed_examples(tiny.tokenizer)
+    lengths = [len(e.input_ids) for e in encs]
+    for budget in (150, 300, 600, 10_000):
+        groups = buckets(encs, tokens_per_batch=budget)
+        assert sorted(i for g in groups for i in g) == list(range(len(encs)))
+        for g in groups:
+            padded = max(lengths[i] for i in g) * len(g)
+            assert padded <= budget or len(g) == 1
+        flat = [i for g in groups for i in g]
+        assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    groups = buckets(encs, batch_size=4)
+    assert [len(g) for g in groups] == [4, 2]
+    both = buckets(encs, batch_size=2, tokens_per_batch=10_000)
+    assert all(len(g) <= 2 for g in both)
+    with pytest.raises(InputError):
+        buckets(encs, batch_size=0)
+    with pytest.raises(InputError):
+        buckets(encs, tokens_per_batch=0)
+
+
+def test_bf16_fidelity(tiny):
+    comp = GradientComputer(tiny.model, LoraSettings())
+    randomise_lora_b(comp)
+    encs = mixed_examples(tiny.tokenizer)
+    fp32 = per_example_gradients(comp, encs, batch_size=6)
+    bf16 = per_example_gradients(comp, encs, batch_size=6, dtype="bf16")
+    assert bf16.dtype == torch.float32
+    cos = F.cosine_similarity(bf16, fp32, dim=1)
+    assert bool((cos >= 0.99).all()), cos.tolist()
+    with pytest.raises(InputError):
+        per_example_gradients(comp, encs, dtype="fp8")
+
+
+def test_example_without_response_tokens_is_refused(tiny):
+    comp = GradientComputer(tiny.model, LoraSettings())
+    enc = encode(tiny.tokenizer, "What is 2 + 2?", "4", 32)
+    bad = type(enc)(input_ids=enc.input_ids, labels=[-100] * len(enc.labels), n_prompt=len(enc.labels), n_response=0, truncated=True)
+    with pytest.raises(InputError, match="no response token"):
+        per_example_gradients(comp, [enc, bad])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in comp.model.modules())
