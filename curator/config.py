@@ -69,6 +69,8 @@ class GradientConfig:
     checkpoint: str | None = None
     lr_weight: float = 1.0
     adam_eps: float = 1e-8
+    dtype: str = "fp32"
+    tokens_per_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in GRADIENT_KINDS:
@@ -77,6 +79,10 @@ class GradientConfig:
             raise InputError("gradient kind 'adam' needs a warm-up checkpoint with optimizer state: pass --checkpoint DIR (made by `curator warmup`)")
         if self.max_length < 8:
             raise InputError(f"max_length={self.max_length} is too small: use at least 8 (--max-length)")
+        if self.dtype not in ("fp32", "bf16"):
+            raise InputError(f"dtype {self.dtype!r} is unknown: use fp32 or bf16 (--dtype)")
+        if self.tokens_per_batch is not None and self.tokens_per_batch < 1:
+            raise InputError(f"--tokens-per-batch {self.tokens_per_batch} is invalid: use an integer >= 1")
         if self.lr_weight <= 0:
             raise InputError(f"lr_weight={self.lr_weight} is invalid: it must be positive")
 

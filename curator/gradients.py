@@ -143,9 +143,13 @@ class GradientComputer:
             out[i] = torch.cat([g.reshape(-1) for g in grads])
         return out
 
-    def gradients(self, examples: list[Encoded], kind: str = "sgd") -> torch.Tensor:
-        """Per-example gradients of the given kind (``sgd`` or ``adam``), [n, n_params]."""
-        raw = per_example_gradients(self, examples)  # batched; reference_gradients stays the oracle
+    def gradients(self, examples: list[Encoded], kind: str = "sgd", dtype: str = "fp32", tokens_per_batch: int | None = None) -> torch.Tensor:
+        """Per-example gradients of the given kind (``sgd`` or ``adam``), [n, n_params].
+
+        ``dtype="bf16"`` runs the forward under bf16 autocast; ``tokens_per_batch`` caps the padded
+        tokens of one batched backward (examples are bucketed by length).
+        """
+        raw = per_example_gradients(self, examples, tokens_per_batch=tokens_per_batch, dtype=dtype)  # batched; reference_gradients stays the oracle
         if kind == "sgd":
             return raw
         if kind == "adam":

@@ -60,6 +60,7 @@ class Featurizer:
             "gradient": {
                 "kind": kind or g.kind,
                 "max_length": g.max_length,
+                "dtype": g.dtype,
                 "checkpoint": None if ckpt is None else {"name": Path(ckpt.path).name, "step": ckpt.step, "fingerprint": ckpt.fingerprint},
                 "lr_weight": ckpt.lr if ckpt is not None else 1.0,
             },
@@ -70,7 +71,8 @@ class Featurizer:
 
     def vectors(self, examples: list[Encoded], kind: str | None = None) -> np.ndarray:
         """Projected, L2-normalised per-example gradients, float32 [n, dim]."""
-        grads = self.computer.gradients(examples, kind or self.config.gradient.kind)
+        g = self.config.gradient
+        grads = self.computer.gradients(examples, kind or g.kind, dtype=g.dtype, tokens_per_batch=g.tokens_per_batch)
         return normalize(self.projector.project(grads))
 
 

@@ -35,7 +35,7 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ROW_COLUMNS = ["id", "strategy", "task", "group", "n_prompt_tokens", "n_response_tokens", "truncated"]
 # The settings that define a store's vectors: two stores (or a resumed run) must agree on them.
-IDENTITY_FIELDS = ("role", "model.fingerprint", "lora", "projection", "gradient.kind", "gradient.checkpoint", "gradient.max_length")
+IDENTITY_FIELDS = ("role", "model.fingerprint", "lora", "projection", "gradient.kind", "gradient.checkpoint", "gradient.max_length", "gradient.dtype")
 # The settings a train store and an eval store must share to be compared.
 COMPARABLE_FIELDS = ("model.fingerprint", "lora", "projection", "gradient.checkpoint")
 

@@ -131,3 +131,17 @@ def test_store_records_model_fingerprint_and_config(tmp_path, small_data):
     assert m["lora"]["r"] == 8 and m["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert m["gradient"]["kind"] == "sgd" and m["rows"] == 6 and m["format_version"] == 1
     assert m["curator_version"] and len(m["parts"]) == 2
+
+
+def test_bf16_store_records_dtype_and_refuses_fp32_resume(tmp_path, small_data):
+    cands, _ = small_data
+    bf16 = IndexConfig(model="tiny-random", projection=ProjectionConfig(dim=256), gradient=GradientConfig(max_length=128, dtype="bf16", tokens_per_batch=200), batch_size=4)
+    fp32 = IndexConfig(model="tiny-random", projection=ProjectionConfig(dim=256), gradient=GradientConfig(max_length=128), batch_size=4)
+    index_file(cands, tmp_path / "bf16", bf16)
+    index_file(cands, tmp_path / "fp32", fp32)
+    a, b = GradientStore.open(tmp_path / "bf16"), GradientStore.open(tmp_path / "fp32")
+    assert a.manifest["gradient"]["dtype"] == "bf16" and b.manifest["gradient"]["dtype"] == "fp32"
+    cos = (a.vectors() * b.vectors()).sum(axis=1)
+    assert cos.min() > 0.99  # bf16 autocast stays close to fp32
+    with pytest.raises(MismatchError, match="gradient.dtype: bf16 vs fp32"):
+        index_file(cands, tmp_path / "bf16", fp32)
