@@ -31,7 +31,7 @@ import numpy as np
 
 from curator.errors import InputError
 from curator.integrations.argilla.client import with_retry
-from curator.integrations.argilla.mapping import AGENT, BEST, RANKING, VECTOR, slot, slot_candidates
+from curator.integrations.argilla.mapping import AGENT, BEST, RANKING, VECTOR, describe, n_slots_of, slot, slot_candidates, suggestion_score
 from curator.integrations.argilla.pull import record_metadata as _metadata
 from curator.integrations.argilla.pull import fetch_record_models
 from curator.integrations.argilla.push import find_dataset
@@ -58,22 +58,23 @@ class Tally:
         return {s: self.votes[s] / total - 1.0 / len(strategies) for s in strategies}
 
 
-def rerank(slots: dict[str, dict[str, Any]], preference: dict[str, float], weight: float) -> list[str]:
-    """Slots best first by curator score + weight × strategy preference (ties by slot name).
+def adjusted_scores(slots: dict[str, dict[str, Any]], preference: dict[str, float], weight: float) -> dict[str, float]:
+    """Each slot's curator score (missing → 0) + weight × its strategy's preference.
 
     ``slots`` maps slot name → {"strategy": str, "score": float | None}.
     """
-    def key(name: str) -> tuple[float, str]:
-        s = slots[name]
+    out = {}
+    for name, s in slots.items():
         base = s.get("score")
         base = 0.0 if base is None or not math.isfinite(base) else float(base)
-        return (-(base + weight * preference.get(s.get("strategy") or "", 0.0)), name)
+        out[name] = base + weight * preference.get(s.get("strategy") or "", 0.0)
+    return out
 
-    return sorted(slots, key=key)
 
-
-def _n_slots(meta: dict[str, Any]) -> int:
-    return sum(1 for k in meta if k.startswith("candidate_id_"))
+def rerank(slots: dict[str, dict[str, Any]], preference: dict[str, float], weight: float) -> list[str]:
+    """Slots best first by ``adjusted_scores`` (ties by slot name)."""
+    adjusted = adjusted_scores(slots, preference, weight)
+    return sorted(adjusted, key=lambda name: (-adjusted[name], name))
 
 
 def _slot_info(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -122,6 +123,7 @@ class Listener:
         if question is None:
             raise InputError(f"dataset {workspace}/{dataset} has no '{RANKING}' question: listen works on datasets made by `curator argilla push`")
         self.ranking_question = question
+        self.n_slots = n_slots_of(describe(ds.settings))
         records = self._fetch(with_vectors=True)
         self.ids = [str(r.id) for r in records]
         self.meta = {str(r.id): _metadata(r) for r in records}
@@ -211,11 +213,11 @@ class Listener:
                 continue
             old = self.ranking_suggestion(nb)
             pref = self.tally.preference(sorted({i["strategy"] for i in info.values() if i["strategy"]}))
+            adjusted = adjusted_scores(info, pref, self.weight)
             new = rerank(info, pref, self.weight)
-            n_total = _n_slots(self.meta[nb])
-            empty = [slot(i) for i in range(1, n_total + 1) if slot(i) not in info]
+            empty = [slot(i) for i in range(1, self.n_slots + 1) if slot(i) not in info]  # placeholders rank last
             value = new + empty
-            scores = [1.0 / (1.0 + math.exp(-((info[s]["score"] or 0.0) + self.weight * pref.get(info[s]["strategy"] or "", 0.0)))) for s in new] + [0.0] * len(empty)
+            scores = [suggestion_score(adjusted[s]) for s in new] + [0.0] * len(empty)
             ranked = [{"value": name, "rank": k + 1} for k, name in enumerate(value)]  # the REST API wants explicit ranks
             body = {"question_id": str(self.ranking_question), "type": "model", "value": ranked, "score": scores, "agent": AGENT}
             with_retry(lambda: self.client.api.http_client.put(f"/api/v1/records/{nb}/suggestions", json=body).raise_for_status(), self.client, f"updating suggestions of {nb}")

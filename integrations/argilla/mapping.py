@@ -260,7 +260,8 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _logistic(x: float | None) -> float:
+def suggestion_score(x: float | None) -> float:
+    """A combined score mapped into [0, 1] (the server only takes suggestion scores there)."""
     return 0.5 if x is None else 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
@@ -318,7 +319,7 @@ def plan_records(
         if table:
             ranked = sorted(range(len(members)), key=lambda k: (table[members[k].id]["rank"], members[k].id))
             slots = [slot(k + 1) for k in ranked] + [slot(i) for i in range(len(members) + 1, spec.n_slots + 1)]
-            scores = [_logistic(_finite(table[members[k].id].get("score"))) for k in ranked] + [0.0] * (spec.n_slots - len(members))
+            scores = [suggestion_score(_finite(table[members[k].id].get("score"))) for k in ranked] + [0.0] * (spec.n_slots - len(members))
             best = members[ranked[0]]
             meta["predicted_best_strategy"] = best.strategy
             suggestions = [

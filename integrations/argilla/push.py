@@ -8,11 +8,9 @@ failures, so a rerun after a failure part-way completes the push with no duplica
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -33,25 +31,6 @@ class PushResult:
     workspace: str
     dataset_created: bool
     url: str
-
-
-@contextlib.contextmanager
-def quiet_sdk_progress() -> Iterator[None]:
-    """Silence the SDK's own tqdm bar in ``records.log`` (library code never prints; we report via ``progress``)."""
-    try:
-        from argilla.records import _dataset_records as mod
-    except ImportError:  # pragma: no cover - another SDK layout: leave it be
-        yield
-        return
-    original = getattr(mod, "tqdm", None)
-    if original is None:  # pragma: no cover
-        yield
-        return
-    mod.tqdm = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        mod.tqdm = original
 
 
 def ensure_workspace(client: Any, name: str) -> Any:

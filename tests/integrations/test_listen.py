@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from curator.integrations.argilla.listen import Listener, Tally, build_app, rerank, top_slot
+from curator.integrations.argilla.listen import Listener, Tally, adjusted_scores, build_app, rerank, top_slot
 from curator.integrations.argilla.push import push
 from tests.integrations.test_roundtrip import demo_set, make_annotator, respond  # noqa: F401  (fixture)
 
@@ -34,6 +34,7 @@ def test_rerank_moves_preferred_strategy_up():
     pref = {"direct": -0.25, "cot": 0.5, "clarify": -0.25}
     assert rerank(slots, pref, 1.0) == ["candidate_2", "candidate_1", "candidate_3"]  # 0.7 > 0.25 > -0.25
     assert rerank(slots, pref, 0.0) == ["candidate_1", "candidate_2", "candidate_3"]  # weight 0: unchanged
+    assert adjusted_scores(slots, pref, 1.0) == pytest.approx({"candidate_1": 0.25, "candidate_2": 0.7, "candidate_3": -0.25})
 
 
 def test_top_slot_reads_ranks():
@@ -87,6 +88,7 @@ def test_webhook_updates_tally_and_neighbour_suggestions(demo_set: dict[str, Any
             nb = change["neighbour"]
             assert nb != first and change["record"] == first and change["top_strategy"] == "cot"
             assert listener.ranking_suggestion(nb) == change["new_ranking"]
+            assert sorted(change["new_ranking"]) == [f"candidate_{i}" for i in range(1, listener.n_slots + 1)]  # every slot, placeholders last
             assert change["old_ranking"] == before[nb]
             nb_cot = next(k for k, v in listener.meta[nb].items() if k.startswith("strategy_") and v == "cot").replace("strategy_", "candidate_")
             assert change["new_ranking"][0] == nb_cot  # with a strong weight, cot now leads
