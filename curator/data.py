@@ -222,9 +222,12 @@ def _check_unique(ids: list[tuple[str, str]], path: str | Path) -> None:
         seen[rid] = where
 
 
-def load_candidates(path: str | Path) -> list[Candidate]:
-    """Load and validate candidate rows (prompt, response, strategy; optional id, task, group)."""
-    rows = read_rows(path)
+def load_candidates(path: str | Path, rows: list[tuple[str, dict[str, Any]]] | None = None) -> list[Candidate]:
+    """Load and validate candidate rows (prompt, response, strategy; optional id, task, group).
+
+    ``rows`` are the file's rows when the caller already read them with ``read_rows``.
+    """
+    rows = read_rows(path) if rows is None else rows
     out: list[Candidate] = []
     for where, row in rows:
         prompt = _prompt(where, row.get("prompt"))
@@ -238,9 +241,9 @@ def load_candidates(path: str | Path) -> list[Candidate]:
     return out
 
 
-def load_eval(path: str | Path) -> list[EvalItem]:
-    """Load and validate eval rows (prompt, response, task; optional id)."""
-    rows = read_rows(path)
+def load_eval(path: str | Path, rows: list[tuple[str, dict[str, Any]]] | None = None) -> list[EvalItem]:
+    """Load and validate eval rows (prompt, response, task; optional id); ``rows`` as for ``load_candidates``."""
+    rows = read_rows(path) if rows is None else rows
     out: list[EvalItem] = []
     for where, row in rows:
         prompt = _prompt(where, row.get("prompt"))
@@ -252,7 +255,11 @@ def load_eval(path: str | Path) -> list[EvalItem]:
     return out
 
 
-def detect_kind(path: str | Path) -> str:
-    """'candidates' when the rows carry a strategy field, else 'eval'."""
-    rows = read_rows(path)
+def kind_of(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """'candidates' when every row carries a strategy field, else 'eval'."""
     return "candidates" if all("strategy" in r for _, r in rows) else "eval"
+
+
+def detect_kind(path: str | Path) -> str:
+    """'candidates' when the file's rows carry a strategy field, else 'eval'."""
+    return kind_of(read_rows(path))

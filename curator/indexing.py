@@ -16,7 +16,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from curator.config import IndexConfig, ProgressFn, no_progress
-from curator.data import Candidate, EvalItem, load_candidates, load_eval, read_rows
+from curator.data import Candidate, EvalItem, kind_of, load_candidates, load_eval, read_rows
 from curator.encoding import Encoded, encode
 from curator.errors import InputError
 from curator.gradients import GradientComputer
@@ -110,11 +110,12 @@ def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, rol
 
 def load_rows(path: str | Path, role: str = "auto") -> tuple[str, list[Row]]:
     """Load a data file as candidates or eval items; 'auto' picks candidates when every row has a strategy."""
-    if role == "auto":
-        role = "candidates" if all("strategy" in r for _, r in read_rows(path)) else "eval"
-    if role not in ROLES:
+    if role not in ROLES + ("auto",):
         raise InputError(f"role {role!r} is unknown: use candidates, eval or auto (--as)")
-    rows: list[Row] = list(load_candidates(path)) if role == "candidates" else list(load_eval(path))
+    raw = read_rows(path)  # read once: detecting the kind and loading share it
+    if role == "auto":
+        role = kind_of(raw)
+    rows: list[Row] = list(load_candidates(path, raw)) if role == "candidates" else list(load_eval(path, raw))
     return role, rows
 
 
