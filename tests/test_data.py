@@ -246,9 +246,9 @@ def bad_case(tmp_path: Path, bad: dict[str, Any]) -> tuple[Path, str]:
         ({"prompt": "P2", "response": "R", "strategy": False}, "strategy", "field 'strategy' has type bool: use a string"),
         ({"prompt": [], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' is an empty message list"),
         ({"prompt": [{"role": "robot", "content": "hi"}], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' message 0 has role 'robot': use one of system, user, assistant"),
-        ({"prompt": [{"role": "system", "content": "x"}, {"role": "user"}], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' message 1 must be an object with string 'role' and 'content'"),
-        ({"prompt": ["hello"], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' message 0 must be an object with string 'role' and 'content'"),
-        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' must end with a 'user' message"),
+        ({"prompt": [{"role": "system", "content": "x"}, {"role": "user"}], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' message 1 is not an object with string 'role' and 'content': write it as {\"role\": \"user\", \"content\": \"...\"}"),
+        ({"prompt": ["hello"], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' message 0 is not an object with string 'role' and 'content'"),
+        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "response": "R", "strategy": "s"}, "prompt", "field 'prompt' ends with a 'assistant' message: end it with a 'user' message"),
     ],
 )
 def test_bad_row_message_names_file_line_field_and_fix(tmp_path: Path, bad: dict[str, Any], field: str, expect: str) -> None:
@@ -263,7 +263,7 @@ def test_non_object_row(tmp_path: Path) -> None:
     p.write_text(json.dumps(GOOD) + "\n[1, 2]\n")
     with pytest.raises(InputError) as ei:
         load_candidates(p)
-    assert err(ei) == f"{p}: line 2: expected an object with fields prompt/response/..., got list"
+    assert err(ei) == f"{p}: line 2: expected an object with fields prompt/response/..., got list: write each row as an object like {{\"prompt\": ..., \"response\": ...}}"
 
 
 def test_duplicate_id_names_both_locations(tmp_path: Path) -> None:
@@ -318,24 +318,24 @@ def test_non_utf8_jsonl(tmp_path: Path) -> None:
     p.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"prompt": "caf\xe9", "response": "R", "strategy": "s"}\n')
     with pytest.raises(InputError) as ei:
         load_candidates(p)
-    assert err(ei) == f"{p}: line 2: not valid UTF-8: re-save the file as UTF-8"
+    assert err(ei) == f"{p}: line 2: not valid UTF-8 (byte 0xe9 at column 16): re-save the file as UTF-8"
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv"])
 def test_non_utf8_json_and_csv(tmp_path: Path, suffix: str) -> None:
     p = tmp_path / f"c{suffix}"
-    p.write_bytes(b"prompt,response,strategy\ncaf\xe9,R,s\n" if suffix == ".csv" else b'[{"prompt": "caf\xe9"}]')
+    p.write_bytes(b"prompt,response,strategy\ncaf\xe9,R,s\n" if suffix == ".csv" else b'[\n{"prompt": "caf\xe9"}]')
     with pytest.raises(InputError) as ei:
         load_candidates(p)
-    assert err(ei) == f"{p}: not valid UTF-8: re-save the file as UTF-8"
+    assert err(ei) == f"{p}: line 2: not valid UTF-8 (byte 0xe9): re-save the file as UTF-8"
 
 
 def test_invalid_json_file(tmp_path: Path) -> None:
     p = tmp_path / "c.json"
-    p.write_text('[{"prompt": "P",')
+    p.write_text('[{"prompt": "P",\n')
     with pytest.raises(InputError) as ei:
         load_candidates(p)
-    assert err(ei).startswith(f"{p}: invalid JSON") and "must hold a list of row objects" in err(ei)
+    assert err(ei).startswith(f"{p}: line 2: invalid JSON (Expecting property name") and err(ei).endswith(": fix the syntax; the file must hold a list of row objects")
 
 
 def test_json_object_without_data_list(tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ def test_json_object_without_data_list(tmp_path: Path) -> None:
     p.write_text(json.dumps({"items": [GOOD]}))
     with pytest.raises(InputError) as ei:
         load_candidates(p)
-    assert err(ei).startswith(f"{p}: expected a JSON list of row objects") and err(ei).endswith("got dict")
+    assert err(ei).startswith(f"{p}: expected a JSON list of row objects") and err(ei).endswith("got dict: put the rows in a top-level list")
 
 
 def test_json_row_numbers(tmp_path: Path) -> None:
@@ -515,3 +515,141 @@ def test_exact_fit_is_not_truncated(tok: Any) -> None:
     assert encode(tok, "hi", "yo", n).truncated is False
     short = encode(tok, "hi", "yo", n - 1)
     assert short.truncated is True and len(short.input_ids) == n - 1 and short.n_prompt == len(_ids(tok, p_text)) - 1
+
+
+# --------------------------------------------------------------------------- inputs that used to crash a loader (found by tests/test_fuzz_loaders.py)
+
+
+def one_error(p: Path, loader: Any = load_candidates) -> str:
+    with pytest.raises(InputError) as ei:
+        loader(p)
+    msg = err(ei)
+    assert "\n" not in msg and len(msg) < 300 + len(str(p))
+    return msg
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_deeply_nested_json_is_an_input_error(tmp_path: Path, suffix: str) -> None:
+    p = tmp_path / f"c{suffix}"
+    p.write_text("[" * 100_000 + "\n")  # RecursionError inside json.loads
+    msg = one_error(p)
+    assert msg.startswith(f"{p}: ") and "invalid JSON (nested too deeply)" in msg and "flatten the data" in msg
+    if suffix == ".jsonl":
+        assert msg.startswith(f"{p}: line 1: ")
+
+
+def test_integer_with_too_many_digits_is_an_input_error(tmp_path: Path) -> None:
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps(GOOD) + "\n" + '{"prompt": "P", "response": ' + "9" * 5000 + ', "strategy": "s"}\n')  # ValueError, not JSONDecodeError
+    assert one_error(p) == f"{p}: line 2: invalid JSON (an integer with more than 4300 digits): quote long numbers as strings; write one JSON object per line"
+
+
+@pytest.mark.parametrize(
+    "row, label",
+    [
+        ({"prompt": "a\ud800b", "response": "R", "strategy": "s"}, "field 'prompt'"),
+        ({"prompt": [{"role": "user", "content": "\udfff"}], "response": "R", "strategy": "s"}, "field 'prompt' message 0 content"),
+        ({"prompt": "P", "response": "R\ud83d", "strategy": "s"}, "field 'response'"),
+        ({"id": "\ud800", "prompt": "P", "response": "R", "strategy": "s"}, "field 'id'"),
+        ({"prompt": "P", "response": "R", "strategy": "s", "task": "\udc00"}, "field 'task'"),
+    ],
+)
+def test_lone_surrogate_escape_is_an_input_error(tmp_path: Path, row: dict[str, Any], label: str) -> None:
+    # json.dumps writes "\ud800" escapes; json.loads accepts them, but the text cannot be UTF-8 encoded (hashing, stores)
+    p = write_jsonl(tmp_path / "c.jsonl", [GOOD, row])
+    msg = one_error(p)
+    assert msg.startswith(f"{p}: line 2: {label} holds an unpaired surrogate")
+    assert msg.endswith("remove the broken \\u escape or write the full surrogate pair")
+
+
+def test_surrogate_pair_escape_is_fine(tmp_path: Path) -> None:
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"prompt": "smile \\ud83d\\ude00", "response": "R", "strategy": "s"}\n')
+    assert load_candidates(p)[0].prompt == "smile \U0001F600"
+
+
+def test_csv_field_longer_than_the_csv_module_default_loads(tmp_path: Path) -> None:
+    big = "x" * 300_000  # csv's default field_size_limit is 131072
+    p = write_csv(tmp_path / "c.csv", [dict(GOOD, prompt=big)])
+    import csv as csv_module
+
+    before = csv_module.field_size_limit()
+    assert load_candidates(p)[0].prompt == big
+    assert csv_module.field_size_limit() == before  # the global limit is restored
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\x85", "\x0c", "\x1c"])
+def test_csv_unicode_line_separators_stay_inside_the_field(tmp_path: Path, sep: str) -> None:
+    # csv.writer does not quote these; str.splitlines() would have cut the record in two
+    p = write_csv(tmp_path / "c.csv", [dict(GOOD, prompt=f"a{sep}b"), dict(GOOD, prompt="Q")])
+    assert [c.prompt for c in load_candidates(p)] == [f"a{sep}b", "Q"]
+
+
+def test_csv_unterminated_quote_names_the_record_start(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text('prompt,response,strategy\nP,R,s\n\n"P2,R,s\nP3,R,s\n')
+    assert one_error(p) == f"{p}: line 4: malformed CSV (unexpected end of data): close every quoted field with a \" and double any \" inside it"
+
+
+def test_csv_text_after_closing_quote(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text('prompt,response,strategy\n"P"x,R,s\n')
+    assert one_error(p).startswith(f"{p}: line 2: malformed CSV (',' expected after '\"')")
+
+
+def test_csv_duplicate_header_column(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text("prompt,response,prompt,strategy\nA,R,B,s\n")
+    assert one_error(p) == f"{p}: line 1: column 'prompt' appears twice in the header: rename or remove one of them"
+
+
+def test_csv_with_semicolons(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text("prompt;response;strategy\nP;R;s\n")
+    assert one_error(p) == f"{p}: line 1: the header is one column 'prompt;response;strategy': separate the columns with commas"
+
+
+def test_csv_prompt_that_looks_like_deep_json_stays_text(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "c.csv", [dict(GOOD, prompt="[" * 100_000)])
+    assert load_candidates(p)[0].prompt == "[" * 100_000
+
+
+def test_parquet_value_without_a_python_form_names_row_and_field(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "c.parquet"
+    ts = pa.array([1, 10**15], type=pa.timestamp("s"))  # year ~31 million: no datetime
+    pq.write_table(pa.table({"prompt": ["P", "Q"], "response": ["R", "R"], "strategy": ["s", "s"], "when": ts}), p)
+    msg = one_error(p)
+    assert msg.startswith(f"{p}: row 2: field 'when' has no Python value (") and msg.endswith(": re-save the file with string columns prompt, response, ...")
+
+
+def test_parquet_duplicate_column(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "c.parquet"
+    cols = [pa.array(["A"]), pa.array(["B"]), pa.array(["R"]), pa.array(["s"])]
+    pq.write_table(pa.Table.from_arrays(cols, names=["prompt", "prompt", "response", "strategy"]), p)
+    assert one_error(p) == f"{p}: column 'prompt' appears twice: re-save the file with string columns prompt, response, ..."
+
+
+def test_parquet_error_from_pyarrow_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.parquet"
+    p.write_bytes(b"PAR1" + b"\n\n garbage \n" * 50 + b"PAR1")
+    msg = one_error(p)
+    assert msg.startswith(f"{p}: cannot read as Parquet (") and msg.endswith("check the file is a valid Parquet file")
+
+
+def test_damaged_saved_dataset(tmp_path: Path) -> None:
+    d = write_hf_dir(tmp_path / "ds", [GOOD] * 20)
+    [arrow] = list(d.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    msg = one_error(d)
+    assert msg.startswith(f"{d}: ") and msg.endswith(": point at a data file or a saved dataset")
+
+
+def test_unreadable_path_is_an_input_error(tmp_path: Path) -> None:
+    p = tmp_path / ("x" * 300 + ".jsonl")  # ENAMETOOLONG from the file system
+    assert one_error(p) == f"{p}: not a usable path (File name too long): check the path"
