@@ -2,16 +2,21 @@
 
 Prints examples/s for
   (a) curator's path, end to end (`index_rows` into a temporary store, writes included): batched
-      per-example gradients from hooks (curator.fastgrad), projection, normalisation;
+      per-example gradients from hooks (curator.fastgrad), the store's projection (sparse JL by
+      default; --projection rademacher for the dense one), normalisation;
   (b) the floor: a plain batched forward + loss.backward() over the same length buckets, with no
-      per-example work at all;
+      per-example work at all (logits at every position, as a training step computes them);
+  (b2) the tight floor: (b) with curator's own saving too (the vocabulary projection only at the
+      scored positions), a summed backward to the LoRA weights and still no per-example work, so
+      a/b2 is exactly what the per-example extraction costs;
   (c) a LESS-style loop: batch size 1, the full per-example gradient (reference_gradients), then
-      the same blocked dense projection and normalisation;
+      a blocked dense Rademacher projection (LESS projects with a dense random matrix) and
+      normalisation;
 and the ratios a/b and a/c, plus how (a)'s time splits between gradients and projection.
 Ratios, not absolute times, are the result: the machine is noisy.
 
     python benchmarks/featurize.py [--model tiny-random|smollm2-135m] [--rows N] [--dim D]
-        [--batch B] [--tokens-per-batch T] [--dtype fp32|bf16] [--repeat K]
+        [--batch B] [--tokens-per-batch T] [--dtype fp32|bf16] [--projection sparse|rademacher] [--repeat K]
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ from curator.config import IndexConfig, ProjectionConfig
 from curator.data import load_candidates
 from curator.demo import demo_data_dir
 from curator.encoding import IGNORE_INDEX, Encoded
-from curator.fastgrad import buckets, per_example_gradients
+from curator.fastgrad import _pad, _pad_id, buckets, per_example_gradients
 from curator.indexing import Featurizer, index_rows
-from curator.projection import normalize
+from curator.projection import RademacherProjector, normalize
 
 
 class FastFeaturizer(Featurizer):
@@ -76,14 +81,33 @@ def floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
             model.zero_grad(set_to_none=True)
 
 
-def less_loop(feat: FastFeaturizer, encs: list[Encoded], batch: int, seconds: dict[str, float]) -> list[np.ndarray]:
+def tight_floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
+    """(b) computing logits only where a response token is scored, and a summed LoRA backward."""
+    comp = feat.computer
+    params = [p for _, p in comp.params]
+    lm_head = comp.model.get_base_model().get_output_embeddings()
+    pad = _pad_id(comp)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if feat.dtype == "bf16" else nullcontext
+    for lo in range(0, len(encs), batch):
+        rows = encs[lo : lo + batch]
+        for idx in buckets(rows, tokens_per_batch=feat.tokens_per_batch):
+            ids, mask, targets = _pad([rows[i] for i in idx], pad)
+            keep = (targets != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+            with ctx():
+                hidden = comp.model.get_base_model().model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                logits = lm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep))
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets.reshape(-1).index_select(0, keep))
+            torch.autograd.grad(loss, params)
+
+
+def less_loop(feat: FastFeaturizer, dense: RademacherProjector, encs: list[Encoded], batch: int, seconds: dict[str, float]) -> list[np.ndarray]:
     """LESS-style: one backward per example, the full gradient, then the blocked dense projection of each chunk."""
     out = []
     for lo in range(0, len(encs), batch):
         t0 = time.perf_counter()
         grads = feat.computer.reference_gradients(encs[lo : lo + batch])
         t1 = time.perf_counter()
-        out.append(normalize(feat.projector.project(grads)))
+        out.append(normalize(dense.project(grads)))
         seconds["gradients"] += t1 - t0
         seconds["projection"] += time.perf_counter() - t1
     return out
@@ -97,17 +121,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="rows per Featurizer.vectors call (IndexConfig.batch_size)")
     ap.add_argument("--tokens-per-batch", type=int, default=None, help="padded-token budget per forward (default: fastgrad's)")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--projection", choices=("sparse", "rademacher"), default="sparse", help="(a)'s projection; (c) always uses the dense one")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per path, interleaved; the best counts")
     args = ap.parse_args()
-    feat = FastFeaturizer(IndexConfig(model=args.model, projection=ProjectionConfig(dim=args.dim), batch_size=args.batch), tokens_per_batch=args.tokens_per_batch, dtype=args.dtype)
+    feat = FastFeaturizer(IndexConfig(model=args.model, projection=ProjectionConfig(dim=args.dim, kind=args.projection), batch_size=args.batch), tokens_per_batch=args.tokens_per_batch, dtype=args.dtype)
     rows = load_candidates(demo_data_dir() / "candidates.jsonl")[: args.rows]
     encs = [feat.encode(r) for r in rows]
     # warm-up (allocator, kernels; fills the projection cache when the matrix is small enough to keep)
     per_example_gradients(feat.computer, encs[:2], dtype=args.dtype)
     floor(feat, encs[:2], 2)
+    tight_floor(feat, encs[:2], 2)
     feat.computer.reference_gradients(encs[:1])
-    if feat.projector._cache is not None:
-        feat.projector.project(torch.zeros(1, feat.computer.n_params))
+    dense = RademacherProjector(ProjectionConfig(dim=args.dim, kind="rademacher"), feat.computer.n_params)
+    for proj in (feat.projector, dense):  # fills the dense cache when the matrix is small enough to keep
+        proj.project(torch.zeros(1, feat.computer.n_params))
 
     timings: dict[str, float] = {}
     split: dict[str, float] = {}
@@ -124,9 +151,9 @@ def main() -> None:
 
     def run_less() -> None:
         less_seconds.update(gradients=0.0, projection=0.0)
-        vecs["c"] = np.concatenate(less_loop(feat, encs, args.batch, less_seconds))
+        vecs["c"] = np.concatenate(less_loop(feat, dense, encs, args.batch, less_seconds))
 
-    paths = {"b_floor": lambda: floor(feat, encs, args.batch), "a_curator_index": run_index, "c_less_loop": run_less}
+    paths = {"b_floor": lambda: floor(feat, encs, args.batch), "b2_tight_floor": lambda: tight_floor(feat, encs, args.batch), "a_curator_index": run_index, "c_less_loop": run_less}
     for _ in range(args.repeat):  # interleaved; the best of the repeats counts (the machine is shared)
         for name, fn in paths.items():
             start = time.perf_counter()
@@ -144,15 +171,21 @@ def main() -> None:
     a = timings["a_curator_index"]
     g, p = split["gradients"], split["projection"]
     lengths = [len(e.input_ids) for e in encs]
-    print(f"model={args.model} rows={len(encs)} dim={args.dim} batch={args.batch} tokens_per_batch={args.tokens_per_batch or 'default'} dtype={args.dtype} lora_params={feat.computer.n_params} mean_tokens={np.mean(lengths):.0f}")
+    print(f"model={args.model} rows={len(encs)} dim={args.dim} batch={args.batch} tokens_per_batch={args.tokens_per_batch or 'default'} dtype={args.dtype} projection={args.projection} lora_params={feat.computer.n_params} mean_tokens={np.mean(lengths):.0f}")
     print(f"(a) split: gradients {g:.2f} s ({g / a:.0%}), projection {p:.2f} s ({p / a:.0%}), rest (encode, writes, index) {a - g - p:.2f} s ({(a - g - p) / a:.0%})")
     print(f"(c) split: gradients {less_split['gradients']:.2f} s, projection {less_split['projection']:.2f} s")
     print(f"(a) gradients alone vs floor  = {timings['b_floor'] / g:.3f}")
     print(f"(a) vs (c), gradients alone   = {less_split['gradients'] / g:.3f}")
     print(f"a/b (index vs floor)          = {timings['b_floor'] / a:.3f}")
+    print(f"a/b2 (index vs tight floor)   = {timings['b2_tight_floor'] / a:.3f}")
     print(f"a/c (index vs LESS loop)      = {timings['c_less_loop'] / a:.3f}")
-    cos = np.sum(vecs["a"] * vecs["c"], axis=1)
-    print(f"min cosine (a) vs (c) vectors = {cos.min():.6f}")
+    if args.projection == "rademacher":  # same matrix: the vectors must agree
+        cos = np.sum(vecs["a"] * vecs["c"], axis=1)
+        print(f"min cosine (a) vs (c) vectors = {cos.min():.6f}")
+    else:  # different matrices: compare the pairwise cosines they estimate
+        pa, pc = vecs["a"] @ vecs["a"].T, vecs["c"] @ vecs["c"].T
+        iu = np.triu_indices(len(pa), k=1)
+        print(f"pairwise cosines (a) vs (c): max |diff| {np.abs(pa[iu] - pc[iu]).max():.4f}")
     if args.dtype == "bf16":
         sample = encs[: min(8, len(encs))]
         ref = per_example_gradients(feat.computer, sample, tokens_per_batch=args.tokens_per_batch)

@@ -46,10 +46,13 @@ def cli(quiet: bool) -> None:
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A checkpoint-N folder from `curator warmup`.")
 @click.option("--dim", type=int, default=8192, show_default=True, help="Projection dimension.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Projection seed.")
+@click.option("--projection", "projection_kind", type=click.Choice(["sparse", "rademacher"]), default="sparse", show_default=True, help="Sparse JL (fast) or the dense Rademacher matrix (slow on large adapters).")
+@click.option("--nonzeros", type=int, default=4, show_default=True, help="Nonzeros per gradient coordinate of the sparse projection.")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences, keeping response tokens first.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per committed batch.")
 @click.option("--tokens-per-batch", type=int, default=None, help="Padded tokens per batched backward (rows are bucketed by length; default 1024).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="bf16 autocast for the forward pass (faster, cosine ~0.999 to fp32).")
+@click.option("--search", default=None, metavar="TYPE[:K=V,...]", help="Index for --top-k searches: flat (exact; a new store's default), ivf, ivfpq or hnsw, e.g. ivf:nlist=1024,nprobe=32. Omitted: keep the store's. A new type rebuilds the index.")
 @lora_options
 @click.pass_context
 def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind: str, checkpoint: Path | None, dim: int, seed: int, max_length: int, batch_size: int, tokens_per_batch: int | None, dtype: str, **kw: object) -> None:
@@ -60,11 +63,22 @@ def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind
     from curator.indexing import index_file
 
     gradient = GradientConfig(kind=kind, max_length=max_length, checkpoint=str(checkpoint) if checkpoint else None, dtype=dtype, tokens_per_batch=tokens_per_batch)
-    config = IndexConfig(model=model, lora=lora_from(kw), projection=ProjectionConfig(dim=dim, seed=seed), gradient=gradient, batch_size=batch_size)
+    config = IndexConfig(model=model, lora=lora_from(kw), projection=ProjectionConfig(dim=dim, seed=seed, kind=str(kw.pop("projection_kind")), nonzeros=int(kw.pop("nonzeros"))), gradient=gradient, batch_size=batch_size)
+    search = kw.pop("search")
+    if search is not None:
+        from dataclasses import replace
+
+        config = replace(config, search=str(search))
     r = index_file(data, out, config, role=role, progress=progress(ctx))
     click.echo(f"indexed {r.rows_total} {r.role} rows into {r.store} ({r.rows_added} new, {r.rows_skipped} already there) in {r.seconds:.1f}s")
     if r.truncated:
         click.echo(f"{r.truncated} row(s) truncated to --max-length {max_length} (response tokens kept first)")
+    idx = r.index or {}
+    if idx.get("fallback"):
+        click.echo(f"search {idx['requested']}: {idx['fallback']}")
+    elif idx.get("type", "flat") != "flat":
+        params = ",".join(f"{k}={v}" for k, v in idx["params"].items())
+        click.echo(f"search index: {idx['faiss']} ({params}), {idx['bytes_per_example']:.0f} bytes per example")
 
 
 store_options = [

@@ -42,22 +42,35 @@ class LoraSettings:
         return cls(**{**d, "target_modules": tuple(d["target_modules"])})
 
 
+PROJECTION_KINDS = ("sparse", "rademacher")
+
+
 @dataclass(frozen=True)
 class ProjectionConfig:
-    """Seeded Rademacher projection; the seed and shape define it, so it is never saved."""
+    """Seeded random projection; kind, seed, dim (and nonzeros) define it, so it is never saved.
+
+    ``sparse`` is a sparse JL matrix with ``nonzeros`` entries per input coordinate (the default:
+    fast); ``rademacher`` is the dense ±1/sqrt(dim) matrix (slow on large adapters).
+    """
 
     dim: int = 8192
     seed: int = 0
-    kind: str = "rademacher"
+    kind: str = "sparse"
+    nonzeros: int = 4
 
     def __post_init__(self) -> None:
         if self.dim < 1:
             raise InputError(f"projection dim={self.dim} is invalid: use an integer >= 1 (--dim)")
-        if self.kind != "rademacher":
-            raise InputError(f"projection kind {self.kind!r} is unknown: use 'rademacher'")
+        if self.kind not in PROJECTION_KINDS:
+            raise InputError(f"projection kind {self.kind!r} is unknown: use one of {', '.join(PROJECTION_KINDS)} (--projection)")
+        if self.kind == "sparse" and not 1 <= self.nonzeros <= self.dim:
+            raise InputError(f"projection nonzeros={self.nonzeros} is invalid: use an integer from 1 to dim={self.dim} (--nonzeros)")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.kind != "sparse":
+            d.pop("nonzeros")  # not part of a dense projection's definition
+        return d
 
 
 @dataclass(frozen=True)
@@ -99,10 +112,15 @@ class IndexConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
     batch_size: int = 32
+    search: str | None = None  # search index type (curator.search); None keeps the store's, flat for a new one
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch_size={self.batch_size} is invalid: use an integer >= 1 (--batch-size)")
+        if self.search is not None:
+            from curator.search import parse_search
+
+            parse_search(self.search, dim=self.projection.dim)
 
 
 # Progress callback: (stage, done, total). Library code reports through it and never prints.

@@ -1,7 +1,7 @@
 """`curator index`: featurise rows into a gradient store, batch by batch, resumably.
 
 Each row is encoded (response-only labels, truncated to ``max_length``), its per-example LoRA
-gradient is taken (sgd or adam kind), projected with the seeded Rademacher projection, L2
+gradient is taken (sgd or adam kind), projected with the seeded random projection (sparse JL by default), L2
 normalised, and appended to the store. Rows whose id is already in the store are skipped, so
 a rerun after an interruption continues where it stopped.
 """
@@ -37,6 +37,7 @@ class IndexResult:
     rows_skipped: int
     truncated: int
     seconds: float
+    index: dict[str, Any] | None = None  # the store's search index entry (type, params, fallback)
 
 
 class Featurizer:
@@ -92,6 +93,7 @@ def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, rol
     """Append the gradient vectors of ``rows`` not yet in the store at ``out``; finalise the index."""
     start = time.perf_counter()
     store = GradientStore.create_or_resume(out, featurizer.identity(role, kind))
+    search_changed = store.request_search(featurizer.config.search)
     done = set(store.ids())
     todo = [r for r in rows if r.id not in done]
     truncated = 0
@@ -103,9 +105,9 @@ def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, rol
         truncated += sum(e.truncated for e in encoded)
         store.append([_row_record(r, e) for r, e in zip(batch, encoded)], featurizer.vectors(encoded, kind))
         progress("index", len(rows) - len(todo) + lo + len(batch), len(rows))
-    if todo or not store.manifest.get("complete"):
+    if todo or search_changed or not store.manifest.get("complete"):
         store.finalize()
-    return IndexResult(Path(out), role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start)
+    return IndexResult(Path(out), role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start, store.manifest.get("index"))
 
 
 def load_rows(path: str | Path, role: str = "auto") -> tuple[str, list[Row]]:
