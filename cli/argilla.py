@@ -25,6 +25,26 @@ def with_api(f):  # type: ignore[no-untyped-def]
     return f
 
 
+retry_options = [
+    click.option("--retries", type=click.IntRange(min=1), default=5, show_default=True, envvar="CURATOR_ARGILLA_RETRIES",
+                 help="Attempts per request when the server is unreachable, times out or answers 5xx (env CURATOR_ARGILLA_RETRIES)."),
+    click.option("--retry-delay", type=click.FloatRange(min=0), default=0.5, show_default=True, envvar="CURATOR_ARGILLA_RETRY_DELAY",
+                 help="Seconds before the first retry, doubled after each (capped at 8 s) (env CURATOR_ARGILLA_RETRY_DELAY)."),
+]
+
+
+def with_retries(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(retry_options):
+        f = opt(f)
+    return f
+
+
+def retry_policy(retries: int, retry_delay: float) -> Any:
+    from curator.integrations.argilla.client import RetryPolicy
+
+    return RetryPolicy(attempts=retries, base_delay=retry_delay, max_delay=max(8.0, retry_delay))
+
+
 def client_from(api_url: str | None, api_key: str | None, data_dir: Path) -> Any:
     """A connected SDK client: explicit URL/key, else the local server curator runs for data_dir."""
     from curator.integrations.argilla.client import connect
@@ -83,8 +103,9 @@ def serve(data_dir: Path, port: int | None, stop_: bool, status_: bool) -> None:
 @click.option("--batch-size", type=int, default=50, show_default=True, help="Records per request.")
 @click.option("--annotators", type=int, default=None, help="Submitted rankings each record needs before it leaves the queues (Argilla's task distribution; new datasets default to 1).")
 @with_api
+@with_retries
 @click.pass_context
-def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, annotators: int | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, annotators: int | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
     """Push CANDIDATES to Argilla: one record per prompt, ranked by curator's scores. Re-pushing updates in place."""
     import pandas as pd
 
@@ -102,7 +123,7 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
         ranking = rank_candidates(base, read_table(influence_file) if influence_file is not None else None, weights)
     gstore = GradientStore.open(store) if store is not None else None
     client = client_from(api_url, api_key, data_dir)
-    r = run_push(cands, ranking, dataset, workspace=workspace, store=gstore, client=client, batch_size=batch_size, progress=progress(ctx), vector_dim=vector_dim, weights=weights, annotators=annotators)
+    r = run_push(cands, ranking, dataset, workspace=workspace, store=gstore, client=client, batch_size=batch_size, progress=progress(ctx), vector_dim=vector_dim, weights=weights, annotators=annotators, retry=retry_policy(retries, retry_delay))
     click.echo(f"pushed {r.total} records to {r.workspace}/{r.dataset} ({r.created} new, {r.updated} updated){' — dataset created' if r.dataset_created else ''}")
     click.echo(f"annotate at {r.url}")
 
@@ -111,15 +132,22 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
 @click.option("--dataset", required=True, help="Argilla dataset name.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Pulled file: .jsonl or .parquet.")
 @click.option("--method", type=click.Choice(["borda", "mean_rank"]), default="borda", show_default=True, help="How annotators' rankings are aggregated.")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=1000, show_default=True, help="Records per request.")
 @with_api
+@with_retries
 @click.pass_context
-def pull(ctx: click.Context, dataset: str, out: Path, method: str, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
-    """Pull submitted rankings (every annotator's), aggregated per record with an agreement measure."""
+def pull(ctx: click.Context, dataset: str, out: Path, method: str, page_size: int, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
+    """Pull submitted rankings (every annotator's), aggregated per record with an agreement measure.
+
+    Safe while annotators are still working: every record comes back once, either with an
+    annotator's complete response or counted as pending (no submitted response yet).
+    """
     from curator.integrations.argilla.pull import pull as run_pull
 
     client = client_from(api_url, api_key, data_dir)
-    r = run_pull(dataset, workspace=workspace, client=client, out=out, method=method, progress=progress(ctx))
-    click.echo(f"pulled {r.records} records into {r.out}: {r.submitted} submitted ({r.responses} responses), {r.discarded} discarded, {r.pending} pending")
+    r = run_pull(dataset, workspace=workspace, client=client, out=out, method=method, progress=progress(ctx), retry=retry_policy(retries, retry_delay), page_size=page_size)
+    pending = f"{r.pending} pending" + (" (no submitted response yet: pull again later for them)" if r.pending else "")
+    click.echo(f"pulled {r.records} records into {r.out}: {r.submitted} submitted ({r.responses} responses), {r.discarded} discarded, {pending}")
     if r.strategy_votes:
         click.echo("best-strategy votes: " + ", ".join(f"{s} {n}" for s, n in sorted(r.strategy_votes.items(), key=lambda x: -x[1])))
 

@@ -9,6 +9,13 @@ Records are read as the SDK's record *models* (``client.api.records.list``, page
 flattens a ranking to a plain list and drops the ranks (ties are lost), and building a ``Record``
 crashes (``'NoneType' object has no attribute 'items'``) on a discarded response sent without
 values, which the server accepts.
+
+Pulling while annotators still submit gives a consistent set: each response is one row on the
+server, written whole, so a record comes back either with an annotator's complete response or
+without it (then it counts as pending: no submitted response yet). Pages are read in the server's
+record order (by insertion time, which a response does not change); the read is checked against
+the server's record count before and after, with duplicate ids dropped, and read again when
+records were added or deleted meanwhile (a push running), so no record is lost or doubled.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ from curator.annotations import METHODS, PULLED_FORMAT, aggregate, summarize, ta
 from curator.config import ProgressFn, no_progress
 from curator.errors import InputError
 from curator.export import write_rows
-from curator.integrations.argilla.client import connect, with_retry
+from curator.integrations.argilla.client import ArgillaError, RetryPolicy, connect, not_a_member, with_retry
 from curator.integrations.argilla.mapping import BEST, COMMENT, PROMPT, RANKING, SLOT, SLOT_FLOATS, describe, n_slots_of, slot_candidates
 from curator.integrations.argilla.push import find_dataset
 
 PULL_SUFFIXES = (".jsonl", ".parquet")
+PAGE_MAX = 1000  # argilla-server 2.8.0 refuses larger pages (LIST_DATASET_RECORDS_LIMIT_LE)
+READS = 3  # full reads tried before a pull gives up on a dataset whose records keep changing
+PULL_HINT = "rerunning is safe: rerun the same pull once the server is back (nothing was written)"
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class PullResult:
     responses: int
     skipped: int = 0
     strategy_votes: dict[str, int] = field(default_factory=dict)
+    reads: int = 1  # full reads of the dataset it took to get a consistent set
 
 
 def _plain(value: Any) -> Any:
@@ -67,17 +78,50 @@ def _raw_responses(model: Any) -> list[dict[str, Any]]:
     return out
 
 
-def fetch_record_models(client: Any, dataset: Any, page: int = 100) -> list[Any]:
-    """Every record model of ``dataset`` with responses and suggestions, page by page."""
+def fetch_record_models(client: Any, dataset: Any, page: int = 100, policy: RetryPolicy | None = None, hint: str = PULL_HINT) -> list[Any]:
+    """Every record model of ``dataset`` with responses and suggestions, page by page (no consistency check)."""
     out: list[Any] = []
     while True:
         batch = with_retry(
             lambda: client.api.records.list(dataset_id=dataset.id, offset=len(out), limit=page, with_suggestions=True, with_responses=True),
-            client, f"reading the records of dataset {dataset.name!r}",
+            client, f"reading the records of dataset {dataset.name!r}", policy=policy, hint=hint,
         )
         out.extend(batch)
         if len(batch) < page:
             return out
+
+
+def record_count(client: Any, dataset: Any, policy: RetryPolicy | None = None) -> int:
+    """How many records the server holds for ``dataset`` now (the list endpoint's ``total``)."""
+
+    def get() -> int:
+        resp = client.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"offset": 0, "limit": 1})
+        resp.raise_for_status()
+        return int(resp.json()["total"])
+
+    return with_retry(get, client, f"counting the records of dataset {dataset.name!r}", policy=policy, hint=PULL_HINT)
+
+
+def read_consistent(client: Any, dataset: Any, page: int = PAGE_MAX, policy: RetryPolicy | None = None, reads: int = READS) -> tuple[list[Any], int]:
+    """(record models, reads it took): every record exactly once, checked against the server's count.
+
+    A read is accepted when it holds no id twice and as many distinct records as the server
+    counted both before and after it; otherwise (records added or deleted meanwhile, or pages
+    that shifted) it is read again, up to ``reads`` times.
+    """
+    seen = ""
+    for attempt in range(1, reads + 1):
+        before = record_count(client, dataset, policy)
+        models = fetch_record_models(client, dataset, page, policy)
+        after = record_count(client, dataset, policy)
+        unique = {str(m.id): m for m in models}
+        if len(unique) == len(models) == before == after:
+            return models, attempt
+        seen = f"{before} records counted before the read, {after} after, {len(unique)} distinct read"
+    raise ArgillaError(
+        f"the records of dataset {dataset.name!r} at {getattr(client, 'api_url', 'the server')} kept changing during {reads} reads "
+        f"({seen}): records are being added or deleted; rerun the pull once the push or delete has finished"
+    )
 
 
 def _usernames(client: Any) -> dict[str, str]:
@@ -163,23 +207,40 @@ def pull(
     method: str = "borda",
     progress: ProgressFn = no_progress,
     now: datetime | None = None,
+    retry: RetryPolicy | None = None,
+    page_size: int = PAGE_MAX,
 ) -> PullResult:
-    """Fetch ``workspace``/``dataset``'s records with their responses and write the aggregated rows to ``out``."""
+    """Fetch ``workspace``/``dataset``'s records with their responses and write the aggregated rows to ``out``.
+
+    The result counts the records that were pending (no submitted response yet) at the read;
+    ``pulled_at`` in each row is when the read began. ``retry`` is how failed requests are retried
+    (nothing is written until every record was read); ``page_size`` is records per request.
+    """
     if method not in METHODS:
         raise InputError(f"aggregation method {method!r} is unknown: use one of {', '.join(METHODS)} (--method)")
     out_p = Path(out)
     if out_p.suffix.lower() not in PULL_SUFFIXES:
         raise InputError(f"{out_p}: unsupported output type {out_p.suffix!r}: use .jsonl or .parquet")
+    if not isinstance(page_size, int) or not 1 <= page_size <= PAGE_MAX:
+        raise InputError(f"--page-size {page_size} is invalid: use an integer from 1 to {PAGE_MAX}")
+    policy = retry or RetryPolicy()
     client = client or connect()
-    ds = find_dataset(client, dataset, workspace)
+    ds = find_dataset(client, dataset, workspace, policy)
     if ds is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the SDK warns when a workspace is not found
+            hidden = with_retry(lambda: client.workspaces(workspace), client, f"looking up workspace {workspace!r}", policy=policy) is None
+        refusal = not_a_member(client, workspace, f"looking up workspace {workspace!r}", policy) if hidden else None
+        if refusal is not None:
+            raise refusal
         raise InputError(f"no dataset {dataset!r} in workspace {workspace!r} at {getattr(client, 'api_url', 'the server')}: check --dataset and --workspace")
     described = describe(ds.settings)
     n_slots = n_slots_of(described)
     if RANKING not in described["questions"] or not n_slots:
         raise InputError(f"dataset {dataset!r} was not made by `curator argilla push` (no '{RANKING}' question over candidate slots)")
     progress("pull", 0, 1)
-    records = fetch_record_models(client, ds)
+    started = now or datetime.now(timezone.utc)
+    records, reads = read_consistent(client, ds, page_size, policy)
     questions = {str(q.id): q.name for q in ds.settings.questions}
     names = _usernames(client)
     inputs = [x for x in (_record_input(r, n_slots, questions) for r in records) if x is not None]
@@ -188,7 +249,7 @@ def pull(
     context = {
         "dataset": dataset,
         "workspace": workspace,
-        "pulled_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "pulled_at": started.isoformat(timespec="seconds"),
         "curator_version": __version__,
         "format_version": PULLED_FORMAT,
     }
@@ -198,5 +259,5 @@ def pull(
     counts = summarize(rows)
     return PullResult(
         out_p, counts["records"], counts["submitted"], counts["discarded"], counts["pending"],
-        sum(r["n_annotators"] for r in rows), skipped, tally_strategies(rows),
+        sum(r["n_annotators"] for r in rows), skipped, tally_strategies(rows), reads,
     )

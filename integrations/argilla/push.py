@@ -1,9 +1,10 @@
 """`curator argilla push`: candidates (+ ranking, + gradient store) → one Argilla record per prompt.
 
 Creates the workspace and the dataset when missing, or checks that the existing dataset's
-settings fit (refusing with the setting that differs). Records go in batches through
-``dataset.records.log`` (an upsert by record id), each batch retried with backoff on transient
-failures, so a rerun after a failure part-way completes the push with no duplicates.
+settings fit (refusing with the setting that differs). Records go in batches through the bulk
+upsert endpoint (keyed by the content-hash record id), each request retried with backoff on
+transient failures (``RetryPolicy``). When the retries run out the error names the URL, how many
+records were confirmed, and says to rerun: a rerun completes the push with no duplicates.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from curator.config import ProgressFn, no_progress
 from curator.data import Candidate
 from curator.errors import InputError
-from curator.integrations.argilla.client import connect, with_retry
+from curator.integrations.argilla.client import RetryPolicy, connect, not_a_member, with_retry
 from curator.integrations.argilla.mapping import RANKING, check_compatible, describe, group_candidates, group_vectors, plan_records, settings_for, spec_for, to_record
 from curator.ranking import RankingWeights
 
@@ -33,33 +34,36 @@ class PushResult:
     url: str
 
 
-def ensure_workspace(client: Any, name: str) -> Any:
-    """The workspace ``name``, created when missing."""
+def ensure_workspace(client: Any, name: str, policy: RetryPolicy | None = None) -> Any:
+    """The workspace ``name``, created when missing (only an owner may; others get the refusal)."""
     import argilla as rg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ws = with_retry(lambda: client.workspaces(name), client, f"looking up workspace {name!r}")
+        ws = with_retry(lambda: client.workspaces(name), client, f"looking up workspace {name!r}", policy=policy)
     if ws is None:
-        ws = with_retry(lambda: rg.Workspace(name=name, client=client).create(), client, f"creating workspace {name!r}")
+        refusal = not_a_member(client, name, f"looking up workspace {name!r}", policy)
+        if refusal is not None:
+            raise refusal
+        ws = with_retry(lambda: rg.Workspace(name=name, client=client).create(), client, f"creating workspace {name!r}", policy=policy)
     return ws
 
 
-def find_dataset(client: Any, name: str, workspace: str) -> Any | None:
+def find_dataset(client: Any, name: str, workspace: str, policy: RetryPolicy | None = None) -> Any | None:
     """The dataset ``name`` in ``workspace``, or None (also when the workspace does not exist)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if with_retry(lambda: client.workspaces(workspace), client, f"looking up workspace {workspace!r}") is None:
+        if with_retry(lambda: client.workspaces(workspace), client, f"looking up workspace {workspace!r}", policy=policy) is None:
             return None
-        return with_retry(lambda: client.datasets(name=name, workspace=workspace), client, f"looking up dataset {name!r}")
+        return with_retry(lambda: client.datasets(name=name, workspace=workspace), client, f"looking up dataset {name!r}", policy=policy)
 
 
-def existing_ids(dataset: Any, client: Any) -> set[str]:
+def existing_ids(dataset: Any, client: Any, policy: RetryPolicy | None = None) -> set[str]:
     """The record ids already in ``dataset``."""
     def fetch() -> set[str]:
         return {str(r.id) for r in dataset.records(with_suggestions=False, with_responses=False, with_vectors=False)}
 
-    return with_retry(fetch, client, f"listing the records of dataset {dataset.name!r}")
+    return with_retry(fetch, client, f"listing the records of dataset {dataset.name!r}", policy=policy)
 
 
 def api_model(plan: dict[str, Any], ds: Any) -> Any:
@@ -97,6 +101,7 @@ def push(
     weights: RankingWeights = RankingWeights(),
     attempts: int = 5,
     annotators: int | None = None,
+    retry: RetryPolicy | None = None,
 ) -> PushResult:
     """Push one record per prompt group of ``candidates`` to ``workspace``/``dataset``.
 
@@ -105,6 +110,8 @@ def push(
     record vectors; None pushes without). ``client`` defaults to ``connect()`` from the environment.
     ``annotators`` sets the dataset's task distribution (submitted responses a record needs before
     it leaves the annotators' queues; Argilla's default is 1); None leaves an existing dataset's.
+    ``retry`` is how failed requests are retried (default: ``attempts`` tries, 0.5 s doubling);
+    when they run out, the ``ArgillaError`` says how many records were confirmed and to rerun.
     """
     import argilla as rg
 
@@ -118,24 +125,25 @@ def push(
     groups = group_candidates(candidates)
     vectors = group_vectors(groups, store, spec.vector_dim, seed) if store is not None and spec.vector_dim else None
     fingerprint = ((store.manifest.get("model") or {}).get("fingerprint") if store is not None else None)
+    policy = retry or RetryPolicy(attempts=attempts)
     client = client or connect()
     url = str(getattr(client, "api_url", ""))
 
     progress("connect", 0, 1)
-    ensure_workspace(client, workspace)
-    ds = find_dataset(client, dataset, workspace)
+    ensure_workspace(client, workspace, policy)
+    ds = find_dataset(client, dataset, workspace, policy)
     created_ds = ds is None
     if ds is None:
         settings = settings_for(spec, client)
         settings.distribution = rg.TaskDistribution(min_submitted=annotators or 1)
-        ds = with_retry(lambda: rg.Dataset(name=dataset, workspace=workspace, settings=settings, client=client).create(), client, f"creating dataset {dataset!r}")
+        ds = with_retry(lambda: rg.Dataset(name=dataset, workspace=workspace, settings=settings, client=client).create(), client, f"creating dataset {dataset!r}", policy=policy)
         known: set[str] = set()
     else:
         spec = check_compatible(describe(ds.settings), spec, dataset)
-        known = existing_ids(ds, client)
+        known = existing_ids(ds, client, policy)
         if annotators is not None and ds.settings.distribution.min_submitted != annotators:
             ds.settings.distribution = rg.TaskDistribution(min_submitted=annotators)
-            with_retry(ds.update, client, f"setting {annotators} annotators per record on dataset {dataset!r}")
+            with_retry(ds.update, client, f"setting {annotators} annotators per record on dataset {dataset!r}", policy=policy)
     progress("connect", 1, 1)
 
     plans = plan_records(candidates, spec, ranking, vectors, fingerprint)
@@ -150,7 +158,8 @@ def push(
                 warnings.simplefilter("ignore")
                 client.api.records.bulk_upsert(ds.id, [api_model(p, ds) for p in batch])
 
-        with_retry(send, client, f"sending records {lo + 1}-{lo + len(batch)} of {total} to dataset {dataset!r}", attempts=attempts)
+        hint = f"rerunning is safe: {lo} of {total} records were confirmed; rerun the same push once the server is back, records already sent are updated, not duplicated"
+        with_retry(send, client, f"sending records {lo + 1}-{lo + len(batch)} of {total} to dataset {dataset!r}", policy=policy, hint=hint)
         new = sum(1 for p in batch if p["id"] not in known)
         created += new
         updated += len(batch) - new
