@@ -7,6 +7,12 @@ candidate. Several checkpoints combine as an lr-weighted sum (LESS); the weights
 to sum to 1 so the scores stay on the cosine scale (rankings are unchanged by that constant).
 The weighted sum over checkpoints equals one inner product between concatenated vectors, each
 checkpoint's block scaled by sqrt(weight), which is how several stores are searched at once.
+
+Centroid scores are always exact: every candidate against every task centroid, as one matrix
+product over chunks of the memory-mapped stored vectors (curator.search), never a k=N heap
+search and never all vectors in memory. ``top_k`` uses the train store's search index: exact
+FAISS search by default, or the approximate index chosen with ``curator index --search``
+(single checkpoint only; several checkpoints are always searched exactly).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from curator import search
 from curator.errors import InputError, MismatchError
 from curator.store import COMPARABLE_FIELDS, GradientStore, compare_manifests
 
@@ -26,13 +33,25 @@ INFLUENCE_PREFIX = "influence:"
 
 @dataclass
 class ScoringSpace:
-    """Train rows, their searchable index, and eval vectors in the same (possibly combined) space."""
+    """Train rows and stores (one per checkpoint), and eval vectors in the same (possibly combined) space.
+
+    ``eval_vectors`` is [n_eval, sum of dims]: with several checkpoints, each checkpoint's block is
+    scaled by sqrt(weight), and the train stores are read with the same scales.
+    """
 
     train_rows: pd.DataFrame
     eval_rows: pd.DataFrame
-    index: Any
+    train: list[GradientStore]
     eval_vectors: np.ndarray
     weights: list[float]
+
+    @property
+    def scales(self) -> list[float]:
+        return [1.0] if len(self.train) == 1 else [float(np.float32(np.sqrt(w))) for w in self.weights]
+
+    def searcher(self) -> Any:
+        """Top-k search over the train vectors: ``.search(queries, k) -> (scores, row numbers)``."""
+        return search.open_searcher(self.train, self.scales)
 
 
 def _pair(train: list[GradientStore], evals: list[GradientStore]) -> list[tuple[GradientStore, GradientStore]]:
@@ -84,16 +103,13 @@ def open_space(train_paths: Sequence[str | Path], eval_paths: Sequence[str | Pat
             raise MismatchError(f"eval stores {pairs[0][1].path} and {e.path} hold different rows: index the same eval data at every checkpoint")
     lrs = np.array([t.lr_weight for t, _ in pairs], dtype=np.float64)
     weights = list(lrs / lrs.sum())
+    for t, _ in pairs:
+        t.verify()  # every train part's checksum, streamed, before any score is computed
     if len(pairs) == 1:
-        return ScoringSpace(train_rows, eval_rows, pairs[0][0].index(), pairs[0][1].vectors(), weights)
-    import faiss
-
+        return ScoringSpace(train_rows, eval_rows, [pairs[0][0]], pairs[0][1].vectors(), weights)
     scale = [np.float32(np.sqrt(w)) for w in weights]
-    x = np.hstack([t.vectors() * s for (t, _), s in zip(pairs, scale)]).astype(np.float32)
     e = np.hstack([ev.vectors() * s for (_, ev), s in zip(pairs, scale)]).astype(np.float32)
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
-    index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
-    return ScoringSpace(train_rows, eval_rows, index, e, weights)
+    return ScoringSpace(train_rows, eval_rows, [t for t, _ in pairs], e, weights)
 
 
 def task_centroids(space: ScoringSpace) -> tuple[list[str], np.ndarray]:
@@ -104,19 +120,10 @@ def task_centroids(space: ScoringSpace) -> tuple[list[str], np.ndarray]:
     return tasks, cents
 
 
-def _search_all(index: Any, queries: np.ndarray, n: int) -> np.ndarray:
-    """Scores of every indexed row for each query, [n_queries, n], in row order."""
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), n)
-    out = np.zeros((queries.shape[0], n), dtype=np.float32)
-    np.put_along_axis(out, ids, scores, axis=1)
-    return out
-
-
 def influence_scores(space: ScoringSpace) -> pd.DataFrame:
     """One row per candidate: id, strategy, task, group, influence:<task>..., influence_max, influence_mean."""
     tasks, cents = task_centroids(space)
-    n = len(space.train_rows)
-    scores = _search_all(space.index, cents, n)  # [n_tasks, n]
+    scores = search.exact_scores(space.train, space.scales, cents)  # [n_tasks, n], exact
     df = space.train_rows[["id", "strategy", "task", "group"]].copy().reset_index(drop=True)
     for i, t in enumerate(tasks):
         df[f"{INFLUENCE_PREFIX}{t}"] = scores[i].astype(np.float64)
@@ -126,24 +133,26 @@ def influence_scores(space: ScoringSpace) -> pd.DataFrame:
 
 
 def top_k(space: ScoringSpace, k: int) -> pd.DataFrame:
-    """The k most influential candidates for each eval item: eval_id, eval_task, rank, id, strategy, task, group, score."""
+    """The k most influential candidates for each eval item: eval_id, eval_task, rank, id, strategy, task, group, score.
+
+    With an approximate index an item may get fewer than k rows when the index finds fewer.
+    """
     if k < 1:
         raise InputError(f"--top-k {k} is invalid: use an integer >= 1")
     k = min(k, len(space.train_rows))
-    scores, ids = space.index.search(np.ascontiguousarray(space.eval_vectors, dtype=np.float32), k)
-    tr = space.train_rows
-    records = []
-    for e in range(len(space.eval_rows)):
-        for rank in range(k):
-            row = tr.iloc[int(ids[e, rank])]
-            records.append({
-                "eval_id": space.eval_rows["id"].iloc[e],
-                "eval_task": space.eval_rows["task"].iloc[e],
-                "rank": rank + 1,
-                "id": row["id"],
-                "strategy": row["strategy"],
-                "task": row["task"],
-                "group": row["group"],
-                "score": float(scores[e, rank]),
-            })
-    return pd.DataFrame.from_records(records)
+    scores, ids = space.searcher().search(space.eval_vectors, k)
+    tr = space.train_rows.reset_index(drop=True)
+    ev = space.eval_rows.reset_index(drop=True)
+    e_idx, rank = np.nonzero(ids >= 0)
+    rows = ids[e_idx, rank]
+    out = pd.DataFrame({
+        "eval_id": ev["id"].to_numpy()[e_idx],
+        "eval_task": ev["task"].to_numpy()[e_idx],
+        "rank": rank + 1,
+        "id": tr["id"].to_numpy()[rows],
+        "strategy": tr["strategy"].to_numpy()[rows],
+        "task": tr["task"].to_numpy()[rows],
+        "group": tr["group"].to_numpy()[rows],
+        "score": scores[e_idx, rank].astype(np.float64),
+    })
+    return out

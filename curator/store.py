@@ -6,12 +6,15 @@ Layout::
                                  projection and gradient config, row count, parts + checksums
     STORE/parts/part-00000.npy   float16 vectors of one appended batch, [n, dim]
     STORE/parts/part-00000.parquet  its rows: id, strategy, task, group, token counts
-    STORE/index.faiss            FAISS inner-product index with ids (row numbers), written
-                                 when the run completes
+    STORE/index.faiss            only for an approximate search type (ivf, ivfpq, hnsw): the
+                                 FAISS inner-product index, ids = row numbers, built part by part
+                                 when the run completes (curator.search)
 
-Every file is written atomically, and a batch counts only once the manifest lists it, so an
-interrupted ``curator index`` resumes after the last committed batch. Files are checked against
-the manifest's sha256 when read.
+The vector parts are the exact ("flat") search data themselves: exact search and centroid
+scoring read them chunk by chunk, memory-mapped, and no float32 copy of the whole store is
+ever made. Every file is written atomically, and a batch counts only once the manifest lists it,
+so an interrupted ``curator index`` resumes after the last committed batch. Files are checked
+against the manifest's sha256 when first read (streamed, never loaded whole to hash).
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from curator import __version__
+from curator import search
 from curator.atomic import write_bytes_atomic, write_json_atomic
 from curator.errors import MismatchError, StoreError
 
@@ -63,12 +69,24 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _sha256_file(path: Path) -> str:
+    """sha256 of a file, streamed in 8 MiB blocks (hashlib releases the GIL, so files hash in parallel)."""
+    h = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
 @dataclass
 class GradientStore:
     """A gradient store directory and its manifest."""
 
     path: Path
     manifest: dict[str, Any]
+    _verified: set[str] = field(default_factory=set, repr=False, compare=False)
 
     # ------------------------------------------------------------------ opening
 
@@ -132,6 +150,11 @@ class GradientStore:
     def lr_weight(self) -> float:
         return float(self.manifest["gradient"].get("lr_weight", 1.0))
 
+    @property
+    def search_spec(self) -> search.SearchSpec:
+        """The search type asked for (``curator index --search``); flat when never asked."""
+        return search.SearchSpec.from_dict(self.manifest.get("search"))
+
     # ------------------------------------------------------------------ writing
 
     def append(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
@@ -156,15 +179,38 @@ class GradientStore:
         self.manifest["complete"] = False
         self._write_manifest()
 
-    def finalize(self) -> None:
-        """Write the FAISS index over all rows and mark the store complete."""
-        import faiss
+    def request_search(self, text: str | None) -> bool:
+        """Record the search type to build at finalize; True when it differs from the store's.
 
-        index = self._build_index()
-        write_bytes_atomic(self.path / INDEX_FILE, faiss.serialize_index(index).tobytes())
-        self.manifest["index"] = {"file": INDEX_FILE, "type": "IndexIDMap2(IndexFlatIP)", "ntotal": int(index.ntotal)}
+        ``None`` keeps the store's choice. The search type is not an identity field: changing it
+        only marks the store incomplete, so the next finalize rebuilds the index.
+        """
+        if text is None:
+            return False
+        spec = search.parse_search(text, dim=self.dim)
+        if spec == self.search_spec:
+            return False
+        self.manifest["search"] = spec.to_dict()
+        self.manifest["complete"] = False
+        self._write_manifest()
+        return True
+
+    def finalize(self) -> dict[str, Any]:
+        """Build the search index the store asks for, part by part, and mark the store complete.
+
+        Returns the manifest's ``index`` entry. The store is marked incomplete with no index
+        while the new one is built, so an interrupted finalize is redone by the next run.
+        """
+        self.manifest["index"] = None
+        self.manifest["complete"] = False
+        self._write_manifest()
+        entry = search.build(self, self.path / INDEX_FILE)
+        if entry.get("file") is None:
+            (self.path / INDEX_FILE).unlink(missing_ok=True)  # flat: the parts are the index
+        self.manifest["index"] = entry
         self.manifest["complete"] = True
         self._write_manifest()
+        return entry
 
     # ------------------------------------------------------------------ reading
 
@@ -178,40 +224,91 @@ class GradientStore:
             raise StoreError(f"{f}: checksum does not match the manifest (corrupt or truncated file): rebuild the store with `curator index`")
         return data
 
-    def rows(self) -> pd.DataFrame:
-        """The row table, in store order (row number = FAISS id)."""
-        frames = [pd.read_parquet(io.BytesIO(self._read_checked(p, "rows"))) for p in self.manifest["parts"]]
-        if not frames:
-            return pd.DataFrame(columns=ROW_COLUMNS)
-        return pd.concat(frames, ignore_index=True)
+    def _check_file(self, f: Path, sha: str) -> None:
+        """Stream-hash ``f`` against the manifest once per opened store."""
+        if str(f) in self._verified:
+            return
+        if not f.exists():
+            raise StoreError(f"{f}: missing store file: the store is damaged; rerun `curator index` into a new --out directory")
+        if _sha256_file(f) != sha:
+            raise StoreError(f"{f}: checksum does not match the manifest (corrupt or truncated file): rebuild the store with `curator index`")
+        self._verified.add(str(f))
+
+    def _vector_file(self, part: dict[str, Any]) -> Path:
+        return self.path / "parts" / f"{part['name']}.npy"
+
+    def verify(self) -> None:
+        """Check every vector part against its manifest checksum (streamed, two files at a time)."""
+        todo = [(self._vector_file(p), p["vectors_sha256"]) for p in self.manifest["parts"]]
+        todo = [t for t in todo if str(t[0]) not in self._verified]
+        if len(todo) < 2:
+            for f, sha in todo:
+                self._check_file(f, sha)
+            return
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(lambda t: self._check_file(*t), todo))
+
+    def part_array(self, part: dict[str, Any]) -> np.ndarray:
+        """One part's float16 vectors [rows, dim], memory-mapped (copy-on-write, never written)."""
+        f = self._vector_file(part)
+        self._check_file(f, part["vectors_sha256"])
+        arr = np.load(f, mmap_mode="c")
+        if arr.dtype != np.float16 or arr.shape != (part["rows"], self.dim):
+            raise StoreError(f"{f}: holds {arr.dtype} {arr.shape}, the manifest says float16 ({part['rows']}, {self.dim}): rebuild the store with `curator index`")
+        return arr
+
+    def iter_parts(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row number, float16 memory map) of each part in row order, one open at a time."""
+        lo = 0
+        for p in self.manifest["parts"]:
+            yield lo, self.part_array(p)
+            lo += int(p["rows"])
+
+    def read_rows(self, idx: np.ndarray) -> np.ndarray:
+        """The vectors of the given row numbers as float32 [len(idx), dim], in the order given."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), self.dim), dtype=np.float32)
+        if not len(idx):
+            return out
+        if idx.min() < 0 or idx.max() >= self.n_rows:
+            raise IndexError(f"row numbers outside 0..{self.n_rows - 1}")
+        starts = np.cumsum([0] + [int(p["rows"]) for p in self.manifest["parts"]])
+        which = np.searchsorted(starts, idx, side="right") - 1
+        for pi in np.unique(which):
+            sel = np.nonzero(which == pi)[0]
+            arr = self.part_array(self.manifest["parts"][pi])
+            out[sel] = arr[idx[sel] - starts[pi]]
+        return out
+
+    def rows(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The row table (or some of its columns), in store order (row number = FAISS id)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = columns or ROW_COLUMNS
+        tables = [pq.read_table(io.BytesIO(self._read_checked(p, "rows")), columns=cols) for p in self.manifest["parts"]]
+        if not tables:
+            return pd.DataFrame(columns=cols)
+        df = pa.concat_tables(tables, promote_options="default").to_pandas()
+        for col in ("id", "strategy", "task", "group"):
+            if col in df:
+                df[col] = df[col].astype("string")
+        return df
 
     def ids(self) -> list[str]:
-        return [str(i) for i in self.rows()["id"]]
+        return [str(i) for i in self.rows(["id"])["id"]]
 
     def vectors(self) -> np.ndarray:
-        """All vectors as float32 [n_rows, dim]."""
-        parts = [np.load(io.BytesIO(self._read_checked(p, "vectors"))) for p in self.manifest["parts"]]
-        if not parts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(parts).astype(np.float32)
-
-    def _build_index(self) -> Any:
-        import faiss
-
-        vecs = self.vectors()
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        if len(vecs):
-            index.add_with_ids(vecs, np.arange(len(vecs), dtype=np.int64))
-        return index
+        """All vectors as float32 [n_rows, dim]: for small stores and tests; scoring never calls it."""
+        out = np.empty((self.n_rows, self.dim), dtype=np.float32)
+        for lo, arr in self.iter_parts():
+            out[lo : lo + len(arr)] = arr
+        return out
 
     def index(self) -> Any:
-        """The FAISS inner-product index (row number ids); rebuilt from vectors if stale."""
-        import faiss
+        """The store's searcher: ``.search(x, k) -> (scores, row numbers)``, ``.ntotal``, ``.d``.
 
-        info = self.manifest.get("index")
-        f = self.path / INDEX_FILE
-        if info and info.get("ntotal") == self.n_rows and f.exists():
-            index = faiss.deserialize_index(np.frombuffer(f.read_bytes(), dtype=np.uint8))
-            if index.ntotal == self.n_rows and index.d == self.dim:
-                return index
-        return self._build_index()
+        The approximate FAISS index when the store has a current one, else exact FAISS search
+        over the stored vectors (see curator.search).
+        """
+        return search.open_searcher([self], [1.0])

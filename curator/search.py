@@ -1,0 +1,363 @@
+"""Search over gradient stores: exact by default, an approximate FAISS index on request.
+
+Exact (``flat``, the default): the store's float16 vector parts are the index; no second copy is
+written. Centroid scoring takes every row's inner product with every query exactly, as a float32
+matrix product over chunks of the memory-mapped parts (converted chunk by chunk, ~8 MiB at a
+time). Exact top-k runs FAISS's inner-product search (``faiss.knn``) on the same chunks and merges
+them in a FAISS ``ResultHeap``. Nothing ever holds all the vectors as float32.
+
+Approximate (``ivf``, ``ivfpq``, ``hnsw``): a FAISS IndexIVFFlat, IndexIVFPQ or IndexHNSWFlat with
+the inner-product metric, built when ``curator index`` finalises: trained on a seeded sample of
+rows, filled part by part in row order (so FAISS ids are row numbers), and streamed to disk with
+``faiss.write_index``. These serve top-k per eval item of a single store; centroid scores always
+come exactly from the parts, and several checkpoints are always searched exactly.
+
+A type is written ``TYPE`` or ``TYPE:key=value,...``, e.g. ``ivf:nlist=1024,nprobe=32``. Defaults:
+nlist = 4*sqrt(N), clamped so each list has at least 39 training rows (FAISS's k-means minimum)
+within a 512 MiB training sample; nprobe = max(8, ceil(sqrt(nlist))); PQ m = the largest divisor
+of dim that is at most dim/16, 8-bit codes, candidates re-ranked exactly (refine=4 x k) from the
+stored vectors; HNSW M=32, efConstruction=40, efSearch=64 (at least k). A store too small to train
+the type asked for (ivf: 78 rows; ivfpq: 39 * 2**nbits rows, 9984 for 8 bits) is searched exactly
+instead, and the manifest's index entry says so under ``fallback``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from curator.atomic import write_atomic
+from curator.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from curator.store import GradientStore
+
+SEARCH_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+PARAMS: dict[str, tuple[str, ...]] = {
+    "flat": (),
+    "ivf": ("nlist", "nprobe"),
+    "ivfpq": ("nlist", "nprobe", "m", "nbits", "refine"),
+    "hnsw": ("M", "efConstruction", "efSearch"),
+}
+FAISS_CLASS = {"ivf": "IndexIVFFlat", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
+MIN_PER_CENTROID = 39  # FAISS's k-means warns with fewer training points per centroid
+TRAIN_BYTES = 512 << 20  # float32 training sample budget
+CHUNK_BYTES = 8 << 20  # float32 rows converted at a time when scanning
+BUILD_CHUNK_BYTES = 64 << 20  # float32 rows added to an index at a time
+SAMPLE_SEED = 0
+HINT = "use flat, ivf, ivfpq or hnsw, optionally with parameters as TYPE:key=value,... (e.g. ivf:nlist=1024,nprobe=32)"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A search type and the parameters the user set (the rest are defaults, resolved per store)."""
+
+    type: str = "flat"
+    params: tuple[tuple[str, int], ...] = ()
+
+    def __str__(self) -> str:
+        return self.type + (":" + ",".join(f"{k}={v}" for k, v in self.params) if self.params else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "SearchSpec":
+        if not d:
+            return cls()
+        return cls(str(d["type"]), tuple(sorted((str(k), int(v)) for k, v in d.get("params", {}).items())))
+
+
+def _divisors(d: int) -> list[int]:
+    return [m for m in range(1, d + 1) if d % m == 0]
+
+
+def default_m(d: int) -> int:
+    """PQ sub-quantizers: the largest divisor of d that is at most d/16 (16-dim sub-vectors)."""
+    return max(m for m in _divisors(d) if m <= max(1, d // 16))
+
+
+def parse_search(text: str, dim: int | None = None) -> SearchSpec:
+    """Parse ``TYPE[:key=value,...]``; raise InputError with a one-line fix for anything invalid."""
+    kind, _, rest = str(text).strip().partition(":")
+    kind = kind.strip().lower()
+    if kind not in SEARCH_TYPES:
+        raise InputError(f"--search {text!r} is unknown: {HINT}")
+    params: dict[str, int] = {}
+    for item in (x for x in rest.split(",") if x.strip()) if rest.strip() else ():
+        key, eq, val = (s.strip() for s in item.partition("="))
+        if key not in PARAMS[kind]:
+            allowed = ", ".join(PARAMS[kind]) or "none"
+            raise InputError(f"--search {text}: {kind} has no parameter {key!r}: its parameters are {allowed}")
+        if not eq or not val.isdigit() or int(val) < 1:
+            raise InputError(f"--search {text}: {key}={val} is invalid: use an integer >= 1")
+        if key in params:
+            raise InputError(f"--search {text}: {key} is given twice: give each parameter once")
+        params[key] = int(val)
+    if params.get("nbits", 8) > 16:
+        raise InputError(f"--search {text}: nbits={params['nbits']} is invalid: use 1 to 16 bits per PQ code")
+    if params.get("M", 2) < 2:
+        raise InputError(f"--search {text}: M={params['M']} is invalid: use an integer >= 2 (32 is typical)")
+    if dim is not None and "m" in params and dim % params["m"]:
+        near = sorted(_divisors(dim), key=lambda m: abs(m - params["m"]))[:3]
+        raise InputError(f"--search {text}: m={params['m']} does not divide the projection dim {dim}: use one of {', '.join(map(str, sorted(near)))}")
+    return SearchSpec(kind, tuple(sorted(params.items())))
+
+
+def _flat_entry(spec: SearchSpec, n: int, d: int) -> dict[str, Any]:
+    return {
+        "type": "flat",
+        "requested": str(spec),
+        "faiss": "faiss.knn inner product over the float16 parts",
+        "params": {},
+        "file": None,
+        "ntotal": n,
+        "bytes_per_example": 2 * d,
+    }
+
+
+def plan(spec: SearchSpec, n: int, d: int) -> dict[str, Any]:
+    """The index to build for ``n`` rows of dim ``d``: resolved parameters, or a flat fallback."""
+    if spec.type == "flat":
+        return _flat_entry(spec, n, d)
+
+    def fallback(why: str) -> dict[str, Any]:
+        return {**_flat_entry(spec, n, d), "fallback": f"{why}: searched exactly (flat) instead"}
+
+    if n == 0:
+        return fallback("the store is empty")
+    p = dict(spec.params)
+    params: dict[str, int] = {}
+    clamped: dict[str, dict[str, int]] = {}
+    train_rows = 0
+    if spec.type in ("ivf", "ivfpq"):
+        budget = max(1, TRAIN_BYTES // (4 * d))
+        want = p.get("nlist", max(1, round(4 * math.sqrt(n))))
+        nlist = min(want, min(n, budget) // MIN_PER_CENTROID)
+        if nlist < 2:
+            return fallback(f"{spec.type} needs at least {2 * MIN_PER_CENTROID} rows to train 2 lists ({MIN_PER_CENTROID} rows per list); the store has {n}")
+        if "nlist" in p and nlist < want:
+            clamped["nlist"] = {"asked": want, "used": nlist}
+        nprobe = p.get("nprobe", max(8, math.ceil(math.sqrt(nlist))))
+        if "nprobe" in p and nprobe > nlist:
+            clamped["nprobe"] = {"asked": nprobe, "used": nlist}
+        params = {"nlist": nlist, "nprobe": min(nprobe, nlist)}
+        centroids = nlist
+        if spec.type == "ivfpq":
+            nbits = p.get("nbits", 8)
+            need = MIN_PER_CENTROID * 2**nbits
+            if n < need:
+                return fallback(f"ivfpq needs at least {need} rows to train {nbits}-bit PQ codebooks ({MIN_PER_CENTROID} rows per code; a smaller nbits needs fewer); the store has {n}")
+            params.update(m=p.get("m", default_m(d)), nbits=nbits, refine=p.get("refine", 4))
+            centroids = max(nlist, 2**nbits)
+        train_rows = min(n, max(MIN_PER_CENTROID * centroids, min(64 * centroids, budget)))
+    else:  # hnsw needs no training
+        params = {"M": p.get("M", 32), "efConstruction": p.get("efConstruction", 40), "efSearch": p.get("efSearch", 64)}
+    entry = {"type": spec.type, "requested": str(spec), "faiss": FAISS_CLASS[spec.type], "params": params, "ntotal": n, "train_rows": train_rows}
+    if clamped:  # an explicit value the store cannot train (or nprobe > nlist): the most it can
+        entry["clamped"] = clamped
+    return entry
+
+
+# ---------------------------------------------------------------------- scanning
+
+
+class _Cursor:
+    """Reads one store's rows in order into float32 blocks, one memory-mapped part at a time."""
+
+    def __init__(self, store: "GradientStore") -> None:
+        self.parts = store.iter_parts()
+        self.arr: "torch.Tensor | None" = None
+        self.pos = 0
+
+    def fill(self, out: "torch.Tensor") -> None:
+        import torch
+
+        done = 0
+        while done < out.shape[0]:
+            if self.arr is None or self.pos >= self.arr.shape[0]:
+                self.arr, self.pos = torch.from_numpy(next(self.parts)[1]), 0
+            take = min(out.shape[0] - done, self.arr.shape[0] - self.pos)
+            out[done : done + take].copy_(self.arr[self.pos : self.pos + take])  # float16 -> float32
+            done += take
+            self.pos += take
+
+
+def scan(stores: Sequence["GradientStore"], scales: Sequence[float], chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, "torch.Tensor"]]:
+    """(first row, float32 [rows, sum of dims]) chunks of the same rows across ``stores``.
+
+    Store j's block is multiplied by ``scales[j]`` (sqrt of its checkpoint weight), so one inner
+    product over a chunk row is the weighted sum over checkpoints. The buffer is reused: use each
+    chunk before asking for the next.
+    """
+    import torch
+
+    n = stores[0].n_rows
+    if any(s.n_rows != n for s in stores):
+        raise ValueError("stores scanned together must hold the same rows")
+    dims = [s.dim for s in stores]
+    rows = max(1, min(n, chunk_bytes // (4 * sum(dims))))
+    buf = torch.empty((rows, sum(dims)), dtype=torch.float32)
+    cursors = [_Cursor(s) for s in stores]
+    for lo in range(0, n, rows):
+        r = min(rows, n - lo)
+        off = 0
+        for cur, d, scale in zip(cursors, dims, scales):
+            block = buf[:r, off : off + d]
+            cur.fill(block)
+            if scale != 1.0:
+                block.mul_(float(np.float32(scale)))
+            off += d
+        yield lo, buf[:r]
+
+
+def exact_scores(stores: Sequence["GradientStore"], scales: Sequence[float], queries: np.ndarray) -> np.ndarray:
+    """Inner products of every row with every query, float32 [n_queries, n_rows], exactly."""
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    out = torch.empty((q.shape[0], stores[0].n_rows), dtype=torch.float32)
+    for lo, chunk in scan(stores, scales):
+        torch.mm(q, chunk.T, out=out[:, lo : lo + chunk.shape[0]])
+    return out.numpy()
+
+
+def exact_top_k(stores: Sequence["GradientStore"], scales: Sequence[float], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k highest inner products per query and their row numbers, by FAISS over each chunk."""
+    import faiss
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(q.shape[0], k, keep_max=True)
+    for lo, chunk in scan(stores, scales):
+        d, i = faiss.knn(q, chunk.numpy(), min(k, chunk.shape[0]), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(d, i + lo)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+# ---------------------------------------------------------------------- building
+
+
+def _new_index(entry: dict[str, Any], d: int) -> Any:
+    import faiss
+
+    p = entry["params"]
+    key = {"ivf": f"IVF{p.get('nlist')},Flat", "ivfpq": f"IVF{p.get('nlist')},PQ{p.get('m')}x{p.get('nbits')}", "hnsw": f"HNSW{p.get('M')},Flat"}[entry["type"]]
+    index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    if entry["type"] == "hnsw":
+        index.hnsw.efConstruction = p["efConstruction"]
+    return index
+
+
+def write_index(index: Any, path: Path) -> tuple[int, str]:
+    """Stream ``index`` to ``path`` atomically (temp file, fsync, rename); return its size and sha256."""
+    import faiss
+
+    h = hashlib.sha256()
+    size = 0
+
+    def writer(fh: Any) -> None:
+        def put(b: bytes) -> None:
+            nonlocal size
+            fh.write(b)
+            h.update(b)
+            size += len(b)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(put))
+
+    write_atomic(path, writer)
+    return size, h.hexdigest()
+
+
+def build(store: "GradientStore", path: Path) -> dict[str, Any]:
+    """Build the store's requested index part by part, write it to ``path``; return its manifest entry."""
+    entry = plan(store.search_spec, store.n_rows, store.dim)
+    if entry["type"] == "flat":
+        return entry
+    start = time.perf_counter()
+    index = _new_index(entry, store.dim)
+    if entry["train_rows"]:
+        rng = np.random.default_rng(SAMPLE_SEED)
+        sample = store.read_rows(np.sort(rng.choice(store.n_rows, entry["train_rows"], replace=False)))
+        index.train(sample)
+        del sample
+    for _, chunk in scan([store], [1.0], BUILD_CHUNK_BYTES):
+        index.add(chunk.numpy())
+    nbytes, sha = write_index(index, path)
+    entry.update(file=path.name, bytes=nbytes, sha256=sha, bytes_per_example=round(nbytes / store.n_rows, 1), build_seconds=round(time.perf_counter() - start, 3))
+    return entry
+
+
+# ---------------------------------------------------------------------- searching
+
+
+class ExactSearcher:
+    """Exact FAISS inner-product search over the stored vectors of one or more stores."""
+
+    def __init__(self, stores: Sequence["GradientStore"], scales: Sequence[float]) -> None:
+        self.stores, self.scales = list(stores), list(scales)
+        self.ntotal = stores[0].n_rows
+        self.d = sum(s.dim for s in stores)
+        self.type = "flat"
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return exact_top_k(self.stores, self.scales, x, min(k, self.ntotal))
+
+
+class ApproxSearcher:
+    """A store's approximate FAISS index; IVF-PQ candidates are re-ranked exactly from the parts."""
+
+    def __init__(self, store: "GradientStore", index: Any, entry: dict[str, Any]) -> None:
+        self.store, self.index, self.entry = store, index, entry
+        self.ntotal, self.d, self.type = int(index.ntotal), int(index.d), entry["type"]
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        p = self.entry["params"]
+        k = min(k, self.ntotal)
+        q = np.ascontiguousarray(x, dtype=np.float32)
+        if self.type == "hnsw":
+            self.index.hnsw.efSearch = max(p["efSearch"], k)
+        else:
+            faiss.extract_index_ivf(self.index).nprobe = p["nprobe"]
+        refine = p.get("refine", 1)
+        dist, ids = self.index.search(q, min(self.ntotal, k * refine))
+        if refine > 1:
+            dist, ids = self._rerank(q, ids, k)
+        return dist[:, :k], ids[:, :k]
+
+    def _rerank(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of the candidates from the stored vectors; the best k per query."""
+        found = ids >= 0
+        uniq = np.unique(ids[found])
+        if not len(uniq):
+            return np.full(ids.shape, -np.inf, dtype=np.float32), ids
+        exact = q @ self.store.read_rows(uniq).T  # [n_queries, n_candidates]
+        pos = np.searchsorted(uniq, np.where(found, ids, uniq[0]))
+        scores = np.where(found, np.take_along_axis(exact, pos, axis=1), -np.inf).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def open_searcher(stores: Sequence["GradientStore"], scales: Sequence[float]) -> ExactSearcher | ApproxSearcher:
+    """The approximate index of a single store when it is current, else exact search."""
+    import faiss
+
+    if len(stores) == 1:
+        store = stores[0]
+        entry = store.manifest.get("index") or {}
+        if entry.get("type") in FAISS_CLASS and entry.get("file") and entry.get("ntotal") == store.n_rows:
+            f = store.path / entry["file"]
+            store._check_file(f, entry["sha256"])
+            flag = faiss.IO_FLAG_MMAP_IFC if entry["type"] == "hnsw" else faiss.IO_FLAG_MMAP
+            return ApproxSearcher(store, faiss.read_index(str(f), flag), entry)
+    return ExactSearcher(stores, scales)
