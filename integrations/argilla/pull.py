@@ -13,9 +13,9 @@ values, which the server accepts.
 Pulling while annotators still submit gives a consistent set: each response is one row on the
 server, written whole, so a record comes back either with an annotator's complete response or
 without it (then it counts as pending: no submitted response yet). Pages are read in the server's
-record order (by insertion time, which a response does not change); the read is checked against
-the server's record count before and after, with duplicate ids dropped, and read again when
-records were added or deleted meanwhile (a push running), so no record is lost or doubled.
+record order (by insertion time, which a response does not change); a read that holds an id twice,
+or not exactly the number of records the server counted before and after it (records added or
+deleted meanwhile: a push running), is read again, so no record is lost or doubled.
 """
 
 from __future__ import annotations
