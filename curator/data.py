@@ -8,6 +8,7 @@ validation error names the file, the row and the fix.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -72,15 +73,17 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _line_of(data: bytes, offset: int) -> int:
-    return data.count(b"\n", 0, offset) + 1
-
-
-def _decode(path: Path, data: bytes, encoding: str = "utf-8") -> str:
+def _decode(path: Path, data: bytes, csv_lines: bool = False) -> str:
+    """The file's text, without a leading BOM; bad bytes are named by line (counted as the CSV reader counts, with ``csv_lines``)."""
+    data = data[3:] if data.startswith(codecs.BOM_UTF8) else data  # not "utf-8-sig": its error offsets skip the BOM
     try:
-        return data.decode(encoding)
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: line {_line_of(data, exc.start)}: not valid UTF-8 (byte {data[exc.start]:#04x}): re-save the file as UTF-8") from None
+        if csv_lines:  # \r alone also ends a line there
+            line = len(io.StringIO(data[: exc.start].decode("utf-8", "ignore") + ".", newline="").readlines())
+        else:
+            line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{path}: line {line}: not valid UTF-8 (byte {data[exc.start]:#04x}): re-save the file as UTF-8") from None
 
 
 def _loads(text: str) -> Any:
@@ -103,6 +106,8 @@ def _json_problem(exc: ValueError) -> tuple[str, str]:
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]  # written by some editors; JSON itself has no BOM
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -148,7 +153,7 @@ def _csv_prompt(prompt: Any) -> Any:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    text = _decode(path, path.read_bytes(), "utf-8-sig")
+    text = _decode(path, path.read_bytes(), csv_lines=True)
     # newline="": only \n, \r and \r\n end a record (str.splitlines would also split on \u2028 etc.)
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     old_limit = csv.field_size_limit()
