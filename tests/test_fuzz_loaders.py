@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from curator.cli.main import cli
@@ -350,13 +350,33 @@ def location_of(case: Case, layout: Layout) -> str | None:
     return f"row {case.row + 1}"
 
 
+def materialize(case: Case, folder: Path) -> tuple[Path, Layout]:
+    """Write the case's file (or folder) under ``folder``, with its defect applied."""
+    path = folder / ("data" if case.fmt == "hf" else f"data.{case.options.get('suffix', case.fmt)}")
+    how = case.options.get("corrupt")
+    if case.fmt == "hf" and (how or case.options.get("splits")):
+        import datasets
+
+        ds = datasets.Dataset(datasets.table.InMemoryTable(arrow_table(case.rows)))
+        if case.options.get("splits"):
+            datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(path))
+        else:
+            ds.save_to_disk(str(path))
+            target = {"truncate": next(path.glob("*.arrow")), "garbage": next(path.glob("*.arrow")), "empty": path / "dataset_info.json", "flip-magic": path / "state.json"}[how]
+            target.write_bytes(corrupt(target.read_bytes(), how, case.options["at"]))
+        return path, Layout()
+    layout = write_file(case, path)
+    if how:
+        path.write_bytes(corrupt(path.read_bytes(), how, case.options["at"]))
+    if case.edit is not None:
+        path.write_bytes(case.edit(path.read_bytes(), layout))
+    return path, layout
+
+
 def run_case(case: Case, base: Path, loader: str) -> None:
     folder = Path(tempfile.mkdtemp(dir=base))
     try:
-        path = folder / ("data" if case.fmt == "hf" else f"data.{case.options.get('suffix', case.fmt)}")
-        layout = write_file(case, path)
-        if case.edit is not None:
-            path.write_bytes(case.edit(path.read_bytes(), layout))
+        path, layout = materialize(case, folder)
         STATS[(case.category, "tried")] += 1
         try:
             got = call_loader(case, path, loader)
@@ -712,37 +732,6 @@ def corrupt(data: bytes, how: str, at: float) -> bytes:
     return data[:4] + b"XXXX" + data[8:-4] + b"RAP1"
 
 
-def run_arrow(case: Case, base: Path, loader: str) -> None:
-    how = case.options.get("corrupt")
-    if case.fmt == "parquet" and how:
-        case.edit = lambda d, lay: corrupt(d, how, case.options["at"])
-        return run_case(case, base, loader)
-    if case.fmt == "hf" and (how or case.options.get("splits")):
-        folder = Path(tempfile.mkdtemp(dir=base))
-        try:
-            import datasets
-
-            path = folder / "data"
-            ds = datasets.Dataset(datasets.table.InMemoryTable(arrow_table(case.rows)))
-            if case.options.get("splits"):
-                datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(path))
-            else:
-                ds.save_to_disk(str(path))
-                target = {"truncate": next(path.glob("*.arrow")), "garbage": next(path.glob("*.arrow")), "empty": path / "dataset_info.json", "flip-magic": path / "state.json"}[how]
-                target.write_bytes(corrupt(target.read_bytes(), how, case.options["at"]))
-            STATS[(case.category, "tried")] += 1
-            with pytest.raises(CuratorError) as ei:
-                call_loader(case, path, loader)
-            check_message(str(ei.value), path, None, None)
-            STATS[(case.category, "handled")] += 1
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return None
-    return run_case(case, base, loader)
-
-
-
-
 # --------------------------------------------------------------------------- the fuzz tests: one per format and defect family
 
 # examples per (format, defect family); derandomised, so every run tries the same inputs
@@ -772,7 +761,7 @@ def test_fuzz_loaders(base: Path, fmt: str, mode: str) -> None:
     @given(case=CASES[fmt](mode), loader=loaders)
     @fuzz_settings(MODES[fmt][mode])
     def fuzz(case: Case, loader: str) -> None:
-        (run_arrow if fmt in ("parquet", "hf") else run_case)(case, base, loader)
+        run_case(case, base, loader)
 
     fuzz()
     tally.check(1)
@@ -819,6 +808,48 @@ def test_fuzz_total_is_at_least_1000(base: Path) -> None:
     """Runs last: with every fuzz test run, at least 1,000 inputs were tried and every one was handled."""
     if len(RAN) < sum(len(m) for m in MODES.values()):
         pytest.skip("only part of the fuzz tests ran")
-    tried = sum(v for (_, w), v in STATS.items() if w == "tried")
-    handled = sum(v for (_, w), v in STATS.items() if w == "handled")
+    tried = sum(v for (c, w), v in STATS.items() if w == "tried" and not c.startswith("(CLI)"))
+    handled = sum(v for (c, w), v in STATS.items() if w == "handled" and not c.startswith("(CLI)"))
     assert tried == handled and tried >= 1000, (tried, handled)
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+MALFORMED = [(f, m) for f, modes in MODES.items() for m in modes if m not in ("valid", "huge")]
+
+
+@pytest.mark.parametrize("fmt, mode", MALFORMED)
+def test_cli_renders_malformed_input_as_one_line_exit_2(base: Path, fmt: str, mode: str) -> None:
+    """Two malformed inputs per defect family through `curator index` or `align`: exit 2, the loader's one line, no traceback, nothing written."""
+    seen: list[str] = []
+
+    @given(case=CASES[fmt](mode), command=st.sampled_from(["index", "align"]))
+    @fuzz_settings(2)
+    def through_cli(case: Case, command: str) -> None:
+        assume(not case.valid)
+        folder = Path(tempfile.mkdtemp(dir=base))
+        try:
+            path, layout = materialize(case, folder)
+            out = folder / "out"
+            if command == "index" or case.kind == "eval":
+                args = ["index", str(path), "--out", str(out), "--as", case.kind, "--model", "tiny-random"]
+                load: Callable[[], Any] = lambda: load_rows(path, case.kind)  # noqa: E731
+            else:
+                args = ["align", str(path), "--out", str(out / "scores.parquet"), "--model", "tiny-random"]
+                load = lambda: load_candidates(path)  # noqa: E731
+            with pytest.raises(CuratorError) as ei:
+                load()
+            check_message(str(ei.value), path, location_of(case, layout), case.field)
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+            assert result.stderr.splitlines() == [f"error: {ei.value}"]
+            assert "Traceback" not in result.output and result.stdout == ""
+            assert not out.exists()  # a refused input writes nothing
+            seen.append(case.category)
+            STATS[("(CLI) " + case.category, "tried")] += 1
+            STATS[("(CLI) " + case.category, "handled")] += 1
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    through_cli()
+    assert seen
