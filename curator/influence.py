@@ -9,7 +9,7 @@ The weighted sum over checkpoints equals one inner product between concatenated 
 checkpoint's block scaled by sqrt(weight), which is how several stores are searched at once.
 
 Centroid scores are always exact: every candidate against every task centroid, as one matrix
-product over chunks of the memory-mapped stored vectors (curator.search), never a k=N heap
+product over chunks of the memory-mapped stored vectors (curator.scan), never a k=N heap
 search and never all vectors in memory. ``top_k`` uses the train store's search index: exact
 FAISS search by default, or the approximate index chosen with ``curator index --search``
 (single checkpoint only; several checkpoints are always searched exactly).
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from curator import search
+from curator import scan, search
 from curator.errors import InputError, MismatchError
 from curator.store import COMPARABLE_FIELDS, GradientStore, compare_manifests
 
@@ -123,7 +123,7 @@ def task_centroids(space: ScoringSpace) -> tuple[list[str], np.ndarray]:
 def influence_scores(space: ScoringSpace) -> pd.DataFrame:
     """One row per candidate: id, strategy, task, group, influence:<task>..., influence_max, influence_mean."""
     tasks, cents = task_centroids(space)
-    scores = search.exact_scores(space.train, space.scales, cents)  # [n_tasks, n], exact
+    scores = scan.exact_scores(space.train, space.scales, cents)  # [n_tasks, n], exact
     df = space.train_rows[["id", "strategy", "task", "group"]].copy().reset_index(drop=True)
     for i, t in enumerate(tasks):
         df[f"{INFLUENCE_PREFIX}{t}"] = scores[i].astype(np.float64)

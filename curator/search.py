@@ -1,10 +1,9 @@
 """Search over gradient stores: exact by default, an approximate FAISS index on request.
 
 Exact (``flat``, the default): the store's float16 vector parts are the index; no second copy is
-written. Centroid scoring takes every row's inner product with every query exactly, as a float32
-matrix product over chunks of the memory-mapped parts (converted chunk by chunk, ~8 MiB at a
-time). Exact top-k runs FAISS's inner-product search (``faiss.knn``) on the same chunks and merges
-them in a FAISS ``ResultHeap``. Nothing ever holds all the vectors as float32.
+written. Exact top-k is FAISS inner-product search over chunks of the memory-mapped parts
+(curator.scan), and centroid scores are always computed exactly there too. Nothing ever holds
+all the vectors as float32.
 
 Approximate (``ivf``, ``ivfpq``, ``hnsw``): a FAISS IndexIVFFlat, IndexIVFPQ or IndexHNSWFlat with
 the inner-product metric, built when ``curator index`` finalises: trained on a seeded sample of
@@ -15,9 +14,9 @@ come exactly from the parts, and several checkpoints are always searched exactly
 A type is written ``TYPE`` or ``TYPE:key=value,...``, e.g. ``ivf:nlist=1024,nprobe=32``. Defaults:
 nlist = 4*sqrt(N), clamped so each list has at least 39 training rows (FAISS's k-means minimum)
 within a 512 MiB training sample; nprobe = max(8, ceil(sqrt(nlist))); PQ m = the largest divisor
-of dim that is at most dim/16, 8-bit codes, candidates re-ranked exactly (refine=4 x k) from the
-stored vectors; HNSW M=32, efConstruction=40, efSearch=64 (at least k). A store too small to train
-the type asked for (ivf: 78 rows; ivfpq: 39 * 2**nbits rows, 9984 for 8 bits) is searched exactly
+of dim that is at most dim/16, 8-bit codes, refine=10 (10 x k candidates re-ranked exactly from
+the stored vectors); HNSW M=32, efConstruction=40, efSearch=64 (at least k). A store too small
+to train the type asked for (ivf: 78 rows; ivfpq: 39 * 2**nbits rows, 9984 for 8 bits) is searched exactly
 instead, and the manifest's index entry says so under ``fallback``.
 """
 
@@ -28,16 +27,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from curator.atomic import write_atomic
 from curator.errors import InputError
+from curator.scan import exact_top_k, scan
 
 if TYPE_CHECKING:
-    import torch
-
     from curator.store import GradientStore
 
 SEARCH_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
@@ -50,7 +48,6 @@ PARAMS: dict[str, tuple[str, ...]] = {
 FAISS_CLASS = {"ivf": "IndexIVFFlat", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
 MIN_PER_CENTROID = 39  # FAISS's k-means warns with fewer training points per centroid
 TRAIN_BYTES = 512 << 20  # float32 training sample budget
-CHUNK_BYTES = 8 << 20  # float32 rows converted at a time when scanning
 BUILD_CHUNK_BYTES = 64 << 20  # float32 rows added to an index at a time
 SAMPLE_SEED = 0
 HINT = "use flat, ivf, ivfpq or hnsw, optionally with parameters as TYPE:key=value,... (e.g. ivf:nlist=1024,nprobe=32)"
@@ -156,7 +153,7 @@ def plan(spec: SearchSpec, n: int, d: int) -> dict[str, Any]:
             need = MIN_PER_CENTROID * 2**nbits
             if n < need:
                 return fallback(f"ivfpq needs at least {need} rows to train {nbits}-bit PQ codebooks ({MIN_PER_CENTROID} rows per code; a smaller nbits needs fewer); the store has {n}")
-            params.update(m=p.get("m", default_m(d)), nbits=nbits, refine=p.get("refine", 4))
+            params.update(m=p.get("m", default_m(d)), nbits=nbits, refine=p.get("refine", 10))
             centroids = max(nlist, 2**nbits)
         train_rows = min(n, max(MIN_PER_CENTROID * centroids, min(64 * centroids, budget)))
     else:  # hnsw needs no training
@@ -165,82 +162,6 @@ def plan(spec: SearchSpec, n: int, d: int) -> dict[str, Any]:
     if clamped:  # an explicit value the store cannot train (or nprobe > nlist): the most it can
         entry["clamped"] = clamped
     return entry
-
-
-# ---------------------------------------------------------------------- scanning
-
-
-class _Cursor:
-    """Reads one store's rows in order into float32 blocks, one memory-mapped part at a time."""
-
-    def __init__(self, store: "GradientStore") -> None:
-        self.parts = store.iter_parts()
-        self.arr: "torch.Tensor | None" = None
-        self.pos = 0
-
-    def fill(self, out: "torch.Tensor") -> None:
-        import torch
-
-        done = 0
-        while done < out.shape[0]:
-            if self.arr is None or self.pos >= self.arr.shape[0]:
-                self.arr, self.pos = torch.from_numpy(next(self.parts)[1]), 0
-            take = min(out.shape[0] - done, self.arr.shape[0] - self.pos)
-            out[done : done + take].copy_(self.arr[self.pos : self.pos + take])  # float16 -> float32
-            done += take
-            self.pos += take
-
-
-def scan(stores: Sequence["GradientStore"], scales: Sequence[float], chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, "torch.Tensor"]]:
-    """(first row, float32 [rows, sum of dims]) chunks of the same rows across ``stores``.
-
-    Store j's block is multiplied by ``scales[j]`` (sqrt of its checkpoint weight), so one inner
-    product over a chunk row is the weighted sum over checkpoints. The buffer is reused: use each
-    chunk before asking for the next.
-    """
-    import torch
-
-    n = stores[0].n_rows
-    if any(s.n_rows != n for s in stores):
-        raise ValueError("stores scanned together must hold the same rows")
-    dims = [s.dim for s in stores]
-    rows = max(1, min(n, chunk_bytes // (4 * sum(dims))))
-    buf = torch.empty((rows, sum(dims)), dtype=torch.float32)
-    cursors = [_Cursor(s) for s in stores]
-    for lo in range(0, n, rows):
-        r = min(rows, n - lo)
-        off = 0
-        for cur, d, scale in zip(cursors, dims, scales):
-            block = buf[:r, off : off + d]
-            cur.fill(block)
-            if scale != 1.0:
-                block.mul_(float(np.float32(scale)))
-            off += d
-        yield lo, buf[:r]
-
-
-def exact_scores(stores: Sequence["GradientStore"], scales: Sequence[float], queries: np.ndarray) -> np.ndarray:
-    """Inner products of every row with every query, float32 [n_queries, n_rows], exactly."""
-    import torch
-
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    out = torch.empty((q.shape[0], stores[0].n_rows), dtype=torch.float32)
-    for lo, chunk in scan(stores, scales):
-        torch.mm(q, chunk.T, out=out[:, lo : lo + chunk.shape[0]])
-    return out.numpy()
-
-
-def exact_top_k(stores: Sequence["GradientStore"], scales: Sequence[float], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k highest inner products per query and their row numbers, by FAISS over each chunk."""
-    import faiss
-
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    heap = faiss.ResultHeap(q.shape[0], k, keep_max=True)
-    for lo, chunk in scan(stores, scales):
-        d, i = faiss.knn(q, chunk.numpy(), min(k, chunk.shape[0]), metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(d, i + lo)
-    heap.finalize()
-    return heap.D, heap.I
 
 
 # ---------------------------------------------------------------------- building
@@ -254,6 +175,8 @@ def _new_index(entry: dict[str, Any], d: int) -> Any:
     index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
     if entry["type"] == "hnsw":
         index.hnsw.efConstruction = p["efConstruction"]
+    if entry["type"] == "ivfpq":
+        index.do_polysemous_training = False  # the factory's default; unused here and slow to train
     return index
 
 

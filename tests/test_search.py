@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
-from curator import search
+from curator import scan, search
 from curator.cli.main import cli
 from curator.errors import InputError, StoreError
 from curator.influence import influence_scores, open_space, top_k
@@ -93,7 +95,7 @@ def test_parse_keeps_only_what_was_set():
 
 def test_default_parameters():
     p = search.plan(parse_search("ivfpq"), 100_000, 1024)  # nlist = 4 sqrt(N), nprobe = ceil(sqrt(nlist))
-    assert p["params"] == {"nlist": 1265, "nprobe": 36, "m": 64, "nbits": 8, "refine": 4}
+    assert p["params"] == {"nlist": 1265, "nprobe": 36, "m": 64, "nbits": 8, "refine": 10}
     big = search.plan(parse_search("ivf"), 1_000_000, 1024)  # 4000 lists would need more than the sample budget
     assert big["params"]["nlist"] == (search.TRAIN_BYTES // (4 * 1024)) // 39 == 3360
     assert search.plan(parse_search("hnsw"), 10, 8)["params"] == {"M": 32, "efConstruction": 40, "efSearch": 64}
@@ -110,26 +112,28 @@ def test_default_parameters():
 
 @pytest.mark.parametrize("chunk_bytes", [4 * D * 7, 1 << 20])
 def test_centroid_scores_equal_numpy(tmp_path, monkeypatch, chunk_bytes):
-    monkeypatch.setattr(search, "CHUNK_BYTES", chunk_bytes)  # 7-row chunks cross every part boundary
+    monkeypatch.setattr(scan, "CHUNK_BYTES", chunk_bytes)  # 7-row chunks cross every part boundary
     x = clustered(700)
     s = make_store(tmp_path / "s", x, part=128)
     q = np.random.default_rng(3).normal(size=(4, D)).astype(np.float32)
-    got = search.exact_scores([s], [1.0], q)
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    got = scan.exact_scores([s], [1.0], q)
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == threads  # the workers' 1-thread setting is undone
     np.testing.assert_allclose(got, q.astype(np.float64) @ as_stored(x).T, rtol=1e-5, atol=1e-6)
-    d, i = search.exact_top_k([s], [1.0], q, 5)
+    d, i = scan.exact_top_k([s], [1.0], q, 5)
     brute = q.astype(np.float64) @ as_stored(x).T
     np.testing.assert_array_equal(i, np.argsort(-brute, axis=1)[:, :5])
     np.testing.assert_allclose(d, np.sort(brute, axis=1)[:, ::-1][:, :5], rtol=1e-5, atol=1e-6)
 
 
 def test_weighted_scan_of_two_checkpoints(tmp_path, monkeypatch):
-    monkeypatch.setattr(search, "CHUNK_BYTES", 4 * 2 * D * 50)
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 4 * 2 * D * 50)
     a, b = clustered(400, seed=1), clustered(400, seed=2)
     sa = make_store(tmp_path / "a", a, part=64)
     sb = make_store(tmp_path / "b", b, part=150)  # different part boundaries
     w = [0.25, 0.75]
     q = np.random.default_rng(4).normal(size=(3, 2 * D)).astype(np.float32)
-    got = search.exact_scores([sa, sb], [np.sqrt(x) for x in w], q)
+    got = scan.exact_scores([sa, sb], [np.sqrt(x) for x in w], q)
     want = np.sqrt(w[0]) * q[:, :D] @ as_stored(a).T + np.sqrt(w[1]) * q[:, D:] @ as_stored(b).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
