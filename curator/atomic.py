@@ -1,19 +1,71 @@
-"""Atomic file writes: write to a temp file in the same folder, fsync, then rename over the target."""
+"""Atomic writes: write to a temp file (or folder) beside the target, fsync, then rename over it.
+
+A reader sees the old content or the new one, never a half-written file. Temp names carry the
+writer's host and pid (``.NAME.HOST-PID.RANDOM.tmp``), so a temp left behind by a writer that was
+killed (SIGKILL, power loss) is recognised as stale and removed the next time the same target is
+written; a temp of a live writer is left alone.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.{_HOST}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(target: str | Path) -> list[Path]:
+    """Remove temps of ``target`` left by dead writers on this host; return what was removed."""
+    t = Path(target)
+    removed = []
+    pattern = re.compile(re.escape(f".{t.name}.{_HOST}-") + r"(\d+)\.[^/]*\.tmp$")
+    for p in t.parent.glob(f".{glob.escape(t.name)}.*.tmp"):
+        m = pattern.match(p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None]) -> None:
     """Call ``writer`` on a temp file beside ``path``, then atomically replace ``path`` with it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    sweep_stale(target)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
@@ -26,11 +78,43 @@ def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None]) -> None:
         except FileNotFoundError:
             pass
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+    fsync_dir(target.parent)
+
+
+def write_dir_atomic(path: str | Path, writer: Callable[[Path], None]) -> None:
+    """Call ``writer`` on an empty temp folder beside ``path``, fsync what it wrote, then swap it in.
+
+    An existing folder at ``path`` is moved aside first and deleted after the swap. A folder
+    cannot be renamed over a non-empty one, so there is a moment with no ``path``; a crash there
+    leaves the old folder as a stale temp and the next write of ``path`` completes the swap anew.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
+    old: Path | None = None
     try:
-        os.fsync(dir_fd)
+        writer(tmp)
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+            fsync_dir(d)
+        fsync_dir(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old.tmp", dir=target.parent))
+            os.replace(target, old / "previous")
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists() and (old / "previous").exists():
+            os.replace(old / "previous", target)
+        raise
     finally:
-        os.close(dir_fd)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(target.parent)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

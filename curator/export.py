@@ -30,9 +30,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 import statistics
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,7 +39,7 @@ from typing import Any, Iterable
 
 from curator import __version__
 from curator.annotations import read_pulled, tally_strategies
-from curator.atomic import write_bytes_atomic, write_text_atomic
+from curator.atomic import write_bytes_atomic, write_dir_atomic, write_text_atomic
 from curator.errors import InputError
 
 FORMATS = ("sft", "dpo")
@@ -282,24 +280,13 @@ def _write_dir(rows: list[dict[str, Any]], out: Path, card: str | None) -> None:
 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "dataset_info.json").exists())):
         raise InputError(f"{out}: exists and is not a dataset folder written by curator: choose a new --out path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = None
-    try:
+
+    def fill(tmp: Path) -> None:
         datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+    write_dir_atomic(out, fill)
 
 
 # --------------------------------------------------------------------------- card

@@ -15,17 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from curator.atomic import write_json_atomic
+from curator.atomic import write_dir_atomic, write_json_atomic
 from curator.config import LoraSettings, ProgressFn, no_progress
 from curator.encoding import encode
 from curator.errors import InputError
@@ -71,8 +68,8 @@ def _save_checkpoint(out: Path, epoch: int, peft_model: object, opt: torch.optim
     from safetensors.torch import save_file
 
     target = out / f"checkpoint-{epoch}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{epoch}-", dir=out))
-    try:
+
+    def fill(tmp: Path) -> None:
         peft_model.save_pretrained(str(tmp))  # type: ignore[attr-defined]
         tensors: dict[str, torch.Tensor] = {}
         for name, p in params:
@@ -81,11 +78,8 @@ def _save_checkpoint(out: Path, epoch: int, peft_model: object, opt: torch.optim
             tensors[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].detach().contiguous()
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
         write_json_atomic(tmp / CHECKPOINT_FILE, {**meta, "fingerprint": adapter_fingerprint(params)})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dir_atomic(target, fill)
     return target
 
 

@@ -1,0 +1,65 @@
+"""Atomic writes: a temp left by a dead writer is swept, a live writer's temp is kept, folders swap whole."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from curator.atomic import _HOST, sweep_stale, write_bytes_atomic, write_dir_atomic
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temp_of_a_dead_writer_is_swept_live_one_kept(tmp_path: Path) -> None:
+    target = tmp_path / "part-00001.npy"
+    stale = tmp_path / f".part-00001.npy.{_HOST}-{dead_pid()}.abc123.tmp"
+    live = tmp_path / f".part-00001.npy.{_HOST}-{os.getpid()}.def456.tmp"
+    other_host = tmp_path / f".part-00001.npy.elsewhere-{dead_pid()}.ghi789.tmp"
+    unrelated = tmp_path / ".part-00002.npy.x.tmp"
+    for p in (stale, live, other_host, unrelated):
+        p.write_bytes(b"half")
+    write_bytes_atomic(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not stale.exists()
+    assert live.exists() and other_host.exists() and unrelated.exists()
+    assert sweep_stale(target) == []
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "manifest.json"
+    write_bytes_atomic(target, b"old")
+
+    def boom(fh) -> None:
+        fh.write(b"new but partial")
+        raise RuntimeError("disk full")
+
+    from curator.atomic import write_atomic
+
+    with pytest.raises(RuntimeError):
+        write_atomic(target, boom)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_folder_swap_replaces_whole_and_a_failure_keeps_the_old(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    write_dir_atomic(out, lambda d: (d / "a.txt").write_text("1"))
+    write_dir_atomic(out, lambda d: (d / "b.txt").write_text("2"))
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+    def boom(d: Path) -> None:
+        (d / "c.txt").write_text("3")
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        write_dir_atomic(out, boom)
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
