@@ -110,11 +110,12 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
     import pandas as pd
 
     from curator.data import load_candidates
-    from curator.integrations.argilla.push import push as run_push
+    from curator.integrations.argilla.push import check_target, push as run_push
     from curator.ranking import RankingWeights, rank_candidates
     from curator.store import GradientStore
     from curator.tables import read_table
 
+    check_target(dataset, workspace)  # before reading files or reaching the server
     cands = load_candidates(candidates)
     weights = RankingWeights(alignment=w_alignment, influence=w_influence)
     ranking = None
@@ -163,10 +164,10 @@ def pull(ctx: click.Context, dataset: str, out: Path, method: str, page_size: in
 @with_api
 def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url: str | None, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
     """Listen for submitted rankings; update the strategy tally and re-rank similar pending records."""
-    from curator.integrations.argilla.listen import Listener, serve_listener
+    from curator.integrations.argilla.listen import Listener, default_log_path, serve_listener
 
     client = client_from(api_url, api_key, data_dir)
-    listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or Path(f"listen-{dataset}.log.jsonl"))
+    listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or default_log_path(dataset))
     click.echo(f"listening for submissions on {dataset} at http://{host}:{port} (Ctrl-C to stop); changes are logged to {listener.log_path}")
     serve_listener(listener, host=host, port=port, public_url=public_url)
 

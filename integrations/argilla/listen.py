@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from curator.errors import InputError
+from curator.paths import safe_name
 from curator.integrations.argilla.client import with_retry
 from curator.integrations.argilla.mapping import AGENT, BEST, RANKING, VECTOR, describe, n_slots_of, slot, slot_candidates, suggestion_score
 from curator.integrations.argilla.pull import record_metadata as _metadata
@@ -104,6 +105,11 @@ def top_slot(ranking: Any) -> str | None:
         return None
     items = [(r.get("rank") or k + 1, r.get("value")) if isinstance(r, dict) else (k + 1, r) for k, r in enumerate(ranking)]
     return min(items, key=lambda x: (x[0], str(x[1])))[1]
+
+
+def default_log_path(dataset: str) -> Path:
+    """``listen-<dataset>.log.jsonl`` in the working directory; a dataset name with ``/`` or ``..`` cannot move it."""
+    return Path(f"listen-{safe_name(dataset)}.log.jsonl")
 
 
 class Listener:

@@ -23,6 +23,7 @@ a new record instead of silently re-labelling the rankings annotators already ga
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Iterable
@@ -43,6 +44,7 @@ COMMENT = "comment"
 VECTOR = "gradient"
 AGENT = f"curator/{__version__}"
 MAX_VECTOR_DIM = 4096  # Elasticsearch's cap on dense vectors
+MAX_NAME = 200  # argilla-server's limit on dataset names and label values
 EMPTY_SLOT = "_(empty slot: this prompt has fewer candidates than the others; rank it last)_"
 SLOT_FLOATS = ("alignment", "influence", "score")
 
@@ -76,6 +78,22 @@ class DatasetSpec:
         return out
 
 
+def check_name(what: str, name: Any, fix: str, typed: bool = True) -> str:
+    """An Argilla name (dataset, workspace, strategy label) the server accepts and one line can show.
+
+    ``typed`` names (dataset, workspace: what users type and look up again) may not start or end with spaces either.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{what} name {name!r} is empty: {fix}")
+    if len(name) > MAX_NAME:
+        raise InputError(f"{what} name {name[:40]!r}... is {len(name)} characters long, Argilla takes at most {MAX_NAME}: {fix}")
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
+        raise InputError(f"{what} name {name!r} has control characters: {fix}")
+    if typed and name != name.strip():
+        raise InputError(f"{what} name {name!r} starts or ends with spaces: {fix}")
+    return name
+
+
 def spec_for(candidates: list[Candidate], vector_dim: int | None = None, store_dim: int | None = None, weights: RankingWeights = RankingWeights()) -> DatasetSpec:
     """The spec for ``candidates``: chat if any prompt is a chat, N = the largest group."""
     if not candidates:
@@ -83,7 +101,7 @@ def spec_for(candidates: list[Candidate], vector_dim: int | None = None, store_d
     sizes: dict[str, int] = {}
     for c in candidates:
         sizes[c.group] = sizes.get(c.group, 0) + 1
-    strategies = tuple(dict.fromkeys(c.strategy for c in candidates))
+    strategies = tuple(check_name("strategy", s, "rename the strategy in the candidates file (it becomes an Argilla label)", typed=False) for s in dict.fromkeys(c.strategy for c in candidates))
     dim = None
     if store_dim is not None:
         want = 256 if vector_dim is None else vector_dim

@@ -19,7 +19,7 @@ from curator.config import ProgressFn, no_progress
 from curator.data import Candidate
 from curator.errors import InputError
 from curator.integrations.argilla.client import RetryPolicy, connect, not_a_member, with_retry
-from curator.integrations.argilla.mapping import RANKING, check_compatible, describe, group_candidates, group_vectors, plan_records, settings_for, spec_for, to_record
+from curator.integrations.argilla.mapping import RANKING, check_compatible, check_name, describe, group_candidates, group_vectors, plan_records, settings_for, spec_for, to_record
 from curator.ranking import RankingWeights
 
 
@@ -87,6 +87,12 @@ def _question_id(ds: Any, name: str) -> str | None:
     return next((str(q.id) for q in ds.settings.questions if q.name == name), None)
 
 
+def check_target(dataset: str, workspace: str) -> None:
+    """Refuse dataset and workspace names Argilla cannot hold (empty, too long, control characters), before any request."""
+    check_name("dataset", dataset, "pass a plain --dataset NAME")
+    check_name("workspace", workspace, "pass a plain --workspace NAME")
+
+
 def push(
     candidates: list[Candidate],
     ranking: pd.DataFrame | None,
@@ -115,8 +121,7 @@ def push(
     """
     import argilla as rg
 
-    if not dataset or not isinstance(dataset, str):
-        raise InputError("no dataset name: pass --dataset NAME")
+    check_target(dataset, workspace)
     if annotators is not None and annotators < 1:
         raise InputError(f"--annotators {annotators} is invalid: use an integer >= 1")
     if batch_size < 1:
