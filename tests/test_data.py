@@ -653,3 +653,30 @@ def test_damaged_saved_dataset(tmp_path: Path) -> None:
 def test_unreadable_path_is_an_input_error(tmp_path: Path) -> None:
     p = tmp_path / ("x" * 300 + ".jsonl")  # ENAMETOOLONG from the file system
     assert one_error(p) == f"{p}: not a usable path (File name too long): check the path"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_leading_utf8_bom_is_ignored(tmp_path: Path, suffix: str) -> None:
+    p = {".jsonl": write_jsonl, ".csv": write_csv}.get(suffix, lambda q, rows: (q.write_text(json.dumps(rows)), q)[1])(tmp_path / f"c{suffix}", ROWS)
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    assert load_candidates(p) == expected_candidates()
+
+
+def test_bad_bytes_after_a_bom_name_the_right_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_bytes(b"\xef\xbb\xbfprompt,response,strategy\nP,R,s\nP,R\xff2,s\n")  # utf-8-sig error offsets skip the BOM
+    assert one_error(p) == f"{p}: line 3: not valid UTF-8 (byte 0xff): re-save the file as UTF-8"
+
+
+def test_csv_bad_bytes_count_lines_as_the_csv_reader_does(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_bytes(b'prompt,response,strategy\n"a\rb",R,s\nP,R\xff,s\n')  # a lone \r ends a line for the csv reader
+    assert one_error(p) == f"{p}: line 4: not valid UTF-8 (byte 0xff): re-save the file as UTF-8"
+    p.write_bytes(b'prompt,response,strategy\n"a\rb",R,s\nP,,s\n')
+    assert one_error(p).startswith(f"{p}: line 4: missing field 'response'")
+
+
+def test_csv_text_after_a_closing_quote_is_not_silently_joined(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text('prompt,response,strategy\nP,R,s\n"P"2,R,s\n')  # the lenient reader would load prompt 'P2'
+    assert one_error(p).startswith(f"{p}: line 3: malformed CSV")
