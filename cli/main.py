@@ -76,7 +76,7 @@ def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind
     idx = r.index or {}
     if idx.get("fallback"):
         click.echo(f"search {idx['requested']}: {idx['fallback']}")
-    elif idx.get("type", "flat") != "flat":
+    elif idx.get("type") in ("ivf", "ivfpq", "hnsw"):
         params = ",".join(f"{k}={v}" for k, v in idx["params"].items())
         click.echo(f"search index: {idx['faiss']} ({params}), {idx['bytes_per_example']:.0f} bytes per example")
 
