@@ -92,7 +92,14 @@ def _row_record(row: Row, enc: Encoded) -> dict[str, Any]:
 def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, role: str, kind: str | None = None, progress: ProgressFn = no_progress) -> IndexResult:
     """Append the gradient vectors of ``rows`` not yet in the store at ``out``; finalise the index."""
     start = time.perf_counter()
-    store = GradientStore.create_or_resume(out, featurizer.identity(role, kind))
+    store = GradientStore.create_or_resume(out, featurizer.identity(role, kind))  # takes the writer lock
+    try:
+        return _fill(store, featurizer, rows, role, kind, progress, start)
+    finally:
+        store.close()
+
+
+def _fill(store: GradientStore, featurizer: Featurizer, rows: Sequence[Row], role: str, kind: str | None, progress: ProgressFn, start: float) -> IndexResult:
     search_changed = store.request_search(featurizer.config.search)
     done = set(store.ids())
     todo = [r for r in rows if r.id not in done]
@@ -107,7 +114,7 @@ def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, rol
         progress("index", len(rows) - len(todo) + lo + len(batch), len(rows))
     if todo or search_changed or not store.manifest.get("complete"):
         store.finalize()
-    return IndexResult(Path(out), role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start, store.manifest.get("index"))
+    return IndexResult(store.path, role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start, store.manifest.get("index"))
 
 
 def load_rows(path: str | Path, role: str = "auto") -> tuple[str, list[Row]]:

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,10 @@ from curator import __version__
 from curator import search
 from curator.atomic import write_bytes_atomic, write_json_atomic
 from curator.errors import MismatchError, StoreError
+from curator.lock import LOCK_FILE, StoreLock
 
 FORMAT_VERSION = 1
+PART_NAME = re.compile(r"part-\d{5,}")
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ROW_COLUMNS = ["id", "strategy", "task", "group", "n_prompt_tokens", "n_response_tokens", "truncated"]
@@ -94,6 +97,7 @@ class GradientStore:
     path: Path
     manifest: dict[str, Any]
     _verified: set[str] = field(default_factory=set, repr=False, compare=False)
+    _lock: StoreLock | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ opening
 
@@ -113,18 +117,42 @@ class GradientStore:
             newer = isinstance(version, int) and version > FORMAT_VERSION
             fix = "upgrade curator" if newer else "rebuild the store with this curator's `curator index`"
             raise StoreError(f"{mf}: store format version {version} is not supported (this curator reads {FORMAT_VERSION}): {fix}")
+        parts = manifest.get("parts")
+        if not isinstance(parts, list) or not all(isinstance(q, dict) and isinstance(q.get("name"), str) and PART_NAME.fullmatch(q["name"]) for q in parts):
+            raise StoreError(f"{mf}: the manifest's parts list is damaged (a part not named part-NNNNN): rebuild the store with `curator index`")
         return cls(p, manifest)
 
     @classmethod
     def create_or_resume(cls, path: str | Path, identity: dict[str, Any]) -> "GradientStore":
-        """Open ``path`` to append, checking it was made with the same settings, or create it."""
+        """Open ``path`` to append, checking it was made with the same settings, or create it.
+
+        The store's writer lock is taken first (see curator.lock) and held until ``close()``:
+        a second writer is refused, naming the one that holds it.
+        """
         p = Path(path)
-        if (p / MANIFEST).exists():
+        if not (p / MANIFEST).exists() and p.exists() and any(x.name != LOCK_FILE for x in p.iterdir()):
+            raise StoreError(f"{p}: exists and is not a gradient store: choose an empty or new --out directory")
+        lock = StoreLock(p).acquire()
+        try:
+            store = cls._create_or_resume_locked(p, identity)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    def close(self) -> None:
+        """Release the writer lock, if this process holds it."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @classmethod
+    def _create_or_resume_locked(cls, p: Path, identity: dict[str, Any]) -> "GradientStore":
+        if (p / MANIFEST).exists():  # checked again under the lock: another writer may have just made it
             store = cls.open(p)
             compare_manifests(store.manifest, identity, IDENTITY_FIELDS, f"existing store {p}", "this run")
             return store
-        if p.exists() and any(p.iterdir()):
-            raise StoreError(f"{p}: exists and is not a gradient store: choose an empty or new --out directory")
         manifest = {
             "format_version": FORMAT_VERSION,
             "curator_version": __version__,

@@ -55,6 +55,7 @@ def test_round_trip(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path, field, change):
     s = GradientStore.create_or_resume(tmp_path / "s", identity())
     s.append(rows(1), unit(1, 8, 0))
+    s.close()
     other = identity(**change)
     with pytest.raises(MismatchError) as err:
         GradientStore.create_or_resume(tmp_path / "s", other)
@@ -145,3 +146,30 @@ def test_bf16_store_records_dtype_and_refuses_fp32_resume(tmp_path, small_data):
     assert cos.min() > 0.99  # bf16 autocast stays close to fp32
     with pytest.raises(MismatchError, match="gradient.dtype: bf16 vs fp32"):
         index_file(cands, tmp_path / "bf16", fp32)
+
+
+def test_one_writer_at_a_time_and_a_closed_store_reopens(tmp_path):
+    from curator.lock import StoreLockedError
+
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    with pytest.raises(StoreLockedError, match="the store is being written by pid"):
+        GradientStore.create_or_resume(tmp_path / "s", identity())
+    assert GradientStore.open(tmp_path / "s").n_rows == 0  # readers take no lock
+    s.close()
+    t = GradientStore.create_or_resume(tmp_path / "s", identity())
+    t.close()
+    # a fresh folder holding only a lock file is still an empty folder to create the store in
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "writer.lock").write_text("")
+    GradientStore.create_or_resume(tmp_path / "fresh", identity()).close()
+
+
+def test_a_manifest_naming_a_part_outside_the_store_is_refused(tmp_path):
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    s.append(rows(1), unit(1, 8, 0))
+    s.close()
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["parts"][0]["name"] = "../../etc/passwd"
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="parts list is damaged"):
+        GradientStore.open(tmp_path / "s")
