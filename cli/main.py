@@ -278,6 +278,86 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
         click.echo(f"then: curator argilla pull --dataset {a.push.dataset} --data-dir {out / 'argilla-data'} --out pulled.jsonl; stop the server with: curator argilla serve --stop --data-dir {out / 'argilla-data'}")
 
 
+@cli.command()
+@click.argument("candidates", type=click.Path(path_type=Path))
+@click.argument("eval_data", metavar="EVAL", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (created, or resumed if it holds a validate run).")
+@model_option
+@click.option("--strategies", multiple=True, help="Strategies to fine-tune, comma-separated or repeated (default: all in CANDIDATES).")
+@click.option("--steps", type=int, default=32, show_default=True, help="Optimizer steps per strategy and seed.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak AdamW learning rate (linear warm-up over 10% of the steps, then decay).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Examples per optimizer step.")
+@click.option("--examples", type=int, default=None, help="Training examples per strategy, a seeded sample (default: the smallest strategy's count).")
+@click.option("--seeds", "n_seeds", type=int, default=1, show_default=True, help="Runs per strategy, with seeds --seed, --seed+1, ...; the report gives mean ± std.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The first seed (data sample, data order, LoRA initialisation).")
+@click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences, keeping response tokens first.")
+@click.option("--measure", type=click.Choice(["loss", "accuracy"]), default="loss", show_default=True, help="The measured gain that ranks strategies: eval loss, or generation accuracy.")
+@click.option("--no-accuracy", is_flag=True, help="Measure eval loss only (no generation).")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest generated eval answer, and longest sampled output for alignment.")
+@click.option("--predictions", multiple=True, type=click.Path(path_type=Path), help="A study or selection report.json, a folder holding one, or a `curator demo --out` folder; repeatable.")
+@click.option("--no-predict", is_flag=True, help="Do not compute the predictions --predictions lacks.")
+@click.option("--samples", "k", type=int, default=4, show_default=True, help="Outputs sampled per prompt for the alignment predictors.")
+@click.option("--dim", type=int, default=8192, show_default=True, help="Projection dimension for the influence predictors.")
+@click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank of the fine-tuned adapters.")
+@click.option("--lora-alpha", type=int, default=16, show_default=True, help="LoRA alpha.")
+@click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True, help="Comma-separated module names that get LoRA.")
+@click.pass_context
+def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, model: str, strategies: tuple[str, ...], steps: int, lr: float, batch_size: int, examples: int | None, n_seeds: int, seed: int, max_length: int, measure: str, no_accuracy: bool, max_new_tokens: int, predictions: tuple[Path, ...], no_predict: bool, k: int, dim: int, lora_r: int, lora_alpha: int, lora_targets: str) -> None:
+    """Fine-tune on each strategy's candidates, measure on EVAL, and check curator's predicted rankings.
+
+    Each strategy gets the same budget (examples, steps, lr, batch size, seed). The measured gain
+    over the base model ranks the strategies; each predictor (influence, alignment metrics,
+    perplexity, sappl) gets Spearman's rho and a top-1 check. Reruns skip finished runs.
+    """
+    from curator.config import LoraSettings
+    from curator.finetune import EvalConfig, FinetuneConfig
+    from curator.validate import ValidateConfig, run_validate
+    from curator.validate_predictors import PredictConfig
+
+    if n_seeds < 1:
+        raise InputError(f"--seeds {n_seeds} is invalid: use an integer >= 1 (the number of runs per strategy)")
+    names = tuple(s.strip() for part in strategies for s in part.split(",") if s.strip()) or None
+    if strategies and not names:
+        raise InputError("--strategies is empty: name at least one strategy, or leave it out to use all")
+    lora = LoraSettings(r=lora_r, alpha=lora_alpha, target_modules=tuple(t.strip() for t in lora_targets.split(",") if t.strip()))
+    config = ValidateConfig(
+        model=model,
+        strategies=names,
+        seeds=tuple(range(seed, seed + n_seeds)),
+        train=FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, examples=examples, max_length=max_length, lora=lora),
+        evaluation=EvalConfig(accuracy=not no_accuracy, max_new_tokens=max_new_tokens, max_length=max_length),
+        measure=measure,
+        predictions=tuple(str(p) for p in predictions),
+        predict=not no_predict,
+        prediction=PredictConfig(samples=k, max_new_tokens=max_new_tokens, dim=dim, max_length=max_length),
+    )
+    r = run_validate(candidates, eval_data, out, config, progress=progress(ctx))
+    rep = r.report
+    click.echo(f"trained {len(r.trained)} run(s), reused {len(r.reused)} finished run(s) in {out / 'runs'}")
+    base = rep["base"]
+    click.echo(f"base model: eval loss {base['loss']:.4f}" + ("" if base["accuracy"] is None else f", accuracy {base['accuracy']:.3f}"))
+    for s in rep["measured_ranking"]:
+        m = rep["measured"][s]
+        g = m[f"{measure}_gain"]
+        click.echo(f"  {s}: {measure} gain {g['mean']:+.4f}" + ("" if g["std"] is None else f" ± {g['std']:.4f}") + f" over {m['n_seeds']} seed(s)")
+    click.echo(f"measured ranking ({measure} gain): {' > '.join(rep['measured_ranking'])}")
+    for name, p in rep["predictors"].items():
+        a = p["against"].get(measure)
+        if not a:
+            continue
+        rho = "n/a" if a["spearman"] is None else f"{a['spearman']:+.2f}"
+        t = a["top1"]
+        hit = "n/a" if t["hit"] is None else ("hit" if t["hit"] else "miss")
+        click.echo(f"  {name}: Spearman {rho}, top-1 {'/'.join(t['predicted']) or 'n/a'} ({hit})")
+    if not rep["predictors"]:
+        click.echo("no predictions to compare: pass --predictions, or drop --no-predict")
+    for note in rep["measured_notes"]:
+        click.echo(f"note: {note}")
+    if rep["best_adapter"]:
+        click.echo(f"best adapter: {out / rep['best_adapter']}")
+    click.echo(f"report: {r.paths['markdown']} (plot: {r.paths['plot']})")
+
+
 from curator.cli.argilla import argilla_group, export_cmd  # noqa: E402  (registered after the core commands)
 
 cli.add_command(argilla_group)
