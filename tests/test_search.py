@@ -248,3 +248,17 @@ def test_cli_search_is_recorded_rebuilt_and_validated(tmp_path, small_data):
         r = CliRunner().invoke(cli, [*base, "--search", bad])
         assert r.exit_code == 2, r.output
         assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ") and needle in r.stderr
+
+
+def test_a_store_from_before_search_types_is_searched_exactly(planted, tmp_path):
+    """Stores written before --search had a float32 IndexIDMap2(IndexFlatIP) file: it is ignored, the parts are searched."""
+    train, x, q = planted
+    train.finalize()
+    (tmp_path / "train" / "index.faiss").write_bytes(b"an old float32 index")
+    train.manifest["index"] = {"file": "index.faiss", "type": "IndexIDMap2(IndexFlatIP)", "ntotal": 1000}
+    train.manifest.pop("search", None)
+    train._write_manifest()
+    assert isinstance(GradientStore.open(tmp_path / "train").index(), ExactSearcher)
+    assert GradientStore.open(tmp_path / "train").request_search(None) is False  # a rerun without --search rebuilds nothing
+    top = top_k(open_space([tmp_path / "train"], [tmp_path / "eval"]), 1)
+    assert list(top["id"]) == [f"c{i}" for i in PLANTED]
