@@ -30,6 +30,7 @@ import pytest
 from curator.store import GradientStore
 from tests import crash_child
 
+pytestmark = pytest.mark.crash
 REPO = Path(__file__).resolve().parents[1]
 CURATOR_BIN = REPO / ".venv" / "bin" / "curator"
 SEED = int(os.environ.get("CURATOR_CRASH_SEED", "0"))
