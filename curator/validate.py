@@ -177,6 +177,8 @@ def _failures(predictors: dict[str, dict[str, Any]], measure: str) -> list[str]:
             continue
         t = a["top1"]
         bits = []
+        if t["hit"] is None and t["tied"]:
+            bits.append("gives every strategy the same score, so it predicts nothing here")
         if t["hit"] is False:
             bits.append(f"picked {'/'.join(t['predicted'])}, the measured best was {'/'.join(t['measured'])}")
         if a["spearman"] is not None and a["spearman"] <= 0:

@@ -11,7 +11,8 @@ For each predictor, over the strategies that have both a predicted score and a m
   did. With fewer than 3 strategies it is not reported (2 points always give ±1), nor when either
   side gives every strategy the same score;
 - top-1: the predictor's best strategy (all of them when several tie) against the measured best.
-  It is a hit when they share a strategy; ``tied`` says the predictor's top was a tie.
+  It is a hit when they share a strategy; ``tied`` says the predictor's top was a tie. When the
+  predictor ties every strategy it picked nothing, and the hit is None (n/a).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from curator.atomic import write_bytes_atomic, write_json_atomic, write_text_ato
 from curator.stats import finite_or_none
 
 MIN_SPEARMAN = 3
+# Display order: influence first, then the selection metrics in their report order.
+PREDICTOR_ORDER = ("influence in-task", "influence cross-task", "alignment", "embedding", "hidden", "rouge-l", "token-f1", "answer", "sappl", "perplexity")
+
+
+def ordered(names: Any) -> list[str]:
+    """Predictor names in display order (unknown names last, by name): report.json stores them sorted."""
+    rank = {n: i for i, n in enumerate(PREDICTOR_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
 def average_ranks(values: Mapping[str, float], higher_is_better: bool = True) -> dict[str, float]:
@@ -75,7 +84,9 @@ def top1(predicted: Mapping[str, float | None], measured: Mapping[str, float | N
     common = [s for s in predicted if predicted[s] is not None and measured.get(s) is not None]
     pred = best({s: predicted[s] for s in common}, higher_is_better)
     meas = best({s: measured[s] for s in common}, True)
-    hit = bool(pred and meas and set(pred) & set(meas)) if pred and meas else None
+    hit = bool(set(pred) & set(meas)) if pred and meas else None
+    if len(common) > 1 and len(pred) == len(common):  # every strategy tied: the predictor picked nothing
+        hit = None
     return {"predicted": pred, "measured": meas, "hit": hit, "tied": len(pred) > 1}
 
 
@@ -153,7 +164,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Measured ranking ({measure} gain, best first): " + (" > ".join(report["measured_ranking"]) or "none"), ""]
     lines += [f"- {n}" for n in report["measured_notes"]]
     lines += ["", "## Predictors", "", f"| predictor | predicted ranking (best first) | Spearman vs {measure} | top-1 | hit |" + ("" if len(report["measures"]) < 2 else " Spearman vs " + " / ".join(m for m in report["measures"] if m != measure) + " |"), "|---|---|---|---|---|" + ("" if len(report["measures"]) < 2 else "---|")]
-    for name, p in report["predictors"].items():
+    for name in ordered(report["predictors"]):
+        p = report["predictors"][name]
         a = p["against"].get(measure, {})
         rho = "n/a" if a.get("spearman") is None else f"{a['spearman']:+.2f}"
         t = a.get("top1", {})
@@ -169,7 +181,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Undefined correlations:", ""] + sorted(set(notes))
     lines += ["", "## Where the predictions failed", ""]
     lines += [f"- {f}" for f in report["failures"]] or ["- nowhere: every predictor with values picked the measured best and ordered the strategies positively"]
-    lines += ["", "## Predictor sources", ""] + [f"- {name}: {p['meaning']} ({p['source']})" for name, p in report["predictors"].items()]
+    lines += ["", "## Predictor sources", ""] + [f"- {n}: {report['predictors'][n]['meaning']} ({report['predictors'][n]['source']})" for n in ordered(report["predictors"])]
     return "\n".join(lines) + "\n"
 
 
@@ -181,7 +193,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     measure = report["measure"]
-    names = list(report["predictors"]) or ["(no predictor)"]
+    names = ordered(report["predictors"]) or ["(no predictor)"]
     ncols = min(4, len(names))
     nrows = math.ceil(len(names) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
@@ -204,11 +216,17 @@ def plot_png(report: dict[str, Any]) -> bytes:
             rho = "ρ n/a" if a.get("spearman") is None else f"ρ={a['spearman']:+.2f}"
             hit = a.get("top1", {}).get("hit")
             ax.set_title(f"{names[k]}: {rho}, top-1 {'n/a' if hit is None else ('hit' if hit else 'miss')}", fontsize=9)
-            ax.set_xlabel(f"predicted ({p['direction']} is better)", fontsize=8)
+            xs = [v for v in p["values"].values() if v is not None]
+            if xs and min(xs) > 0 and max(xs) / min(xs) > 50:
+                ax.set_xscale("log")
+            if p["direction"] == "lower":  # better to the right in every panel: agreement slopes upward
+                ax.invert_xaxis()
+            ax.set_xlabel(f"predicted ({p['direction']} is better" + ("; axis reversed)" if p["direction"] == "lower" else ")"), fontsize=8)
             ax.set_ylabel(f"measured {measure} gain", fontsize=8)
             ax.axhline(0.0, color="grey", linewidth=0.6)
             ax.tick_params(labelsize=7)
-        fig.suptitle(f"Predicted score vs measured {measure} gain (mean ± std over {len(report['seeds'])} seed(s))", fontsize=10)
+        n_seeds = len(report["seeds"])
+        fig.suptitle(f"Predicted score vs measured {measure} gain (" + (f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed") + "); better is right and up", fontsize=10)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)

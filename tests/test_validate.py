@@ -76,6 +76,7 @@ def test_top1_hit_miss_tie_and_direction() -> None:
     assert top1({"a": 3, "b": 3, "c": 2}, measured) == {"predicted": ["a", "b"], "measured": ["b"], "hit": True, "tied": True}
     assert top1({"a": 9.0, "b": 1.5, "c": 2.0}, measured, higher_is_better=False)["predicted"] == ["b"]
     assert top1({"a": None, "b": None, "c": None}, measured)["hit"] is None
+    assert top1({"a": 2, "b": 2, "c": 2}, measured) == {"predicted": ["a", "b", "c"], "measured": ["b"], "hit": None, "tied": True}  # picked nothing
 
 
 def test_compare_tables_per_predictor_and_measure() -> None:
