@@ -99,6 +99,16 @@ def test_compare_tables_per_predictor_and_measure() -> None:
 # --------------------------------------------------------------------------- the planted dataset, trained for real
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Tiny models run as fast on one thread, and a busy 2-core box makes 2-thread tiny ops crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny model pre-trained on "What is a + b?" → "The answer is N." (so its own samples mean something),
@@ -142,7 +152,7 @@ def planted_config(model: str, **kw: Any) -> ValidateConfig:
         model=model,
         train=FinetuneConfig(steps=8, lr=5e-3, batch_size=4, max_length=128),
         evaluation=EvalConfig(max_new_tokens=12, max_length=128),
-        prediction=PredictConfig(samples=2, max_new_tokens=12, dim=256, max_length=128),
+        prediction=PredictConfig(metrics=("hidden", "rouge-l", "token-f1", "answer", "perplexity", "sappl"), samples=2, max_new_tokens=12, dim=256, max_length=128),
         **kw,
     )
 
@@ -226,7 +236,7 @@ run_validate(sys.argv[1], sys.argv[2], sys.argv[3], planted_config(sys.argv[4], 
 
 def test_killed_run_resumes_without_redoing_finished_strategies(planted: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), str(planted["cands"]), str(planted["eval"]), str(out), planted["model"]], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert child.returncode == -9, child.stderr[-2000:]
     finished = out / "runs" / "copy" / "seed-0" / "metrics.json"
@@ -248,8 +258,8 @@ def test_killed_run_resumes_without_redoing_finished_strategies(planted: dict[st
     with pytest.raises(MismatchError, match="steps=8.*has 9"):
         run_validate(planted["cands"], planted["eval"], out, ValidateConfig(model=planted["model"], predict=False, train=FinetuneConfig(steps=9, lr=5e-3, batch_size=4, max_length=128), evaluation=EvalConfig(max_new_tokens=12, max_length=128)))
     # a new seed adds runs and reports mean ± std
-    more = run_validate(planted["cands"], planted["eval"], out, planted_config(planted["model"], predict=False, seeds=(0, 1), strategies=("copy", "noise")))
-    assert more.trained == [("copy", 1), ("noise", 1)]
+    more = run_validate(planted["cands"], planted["eval"], out, planted_config(planted["model"], predict=False, seeds=(0, 1), strategies=("copy",)))
+    assert more.trained == [("copy", 1)] and more.reused == [("copy", 0)]
     assert more.report["measured"]["copy"]["loss_gain"]["std"] is not None and more.report["measured"]["copy"]["n_seeds"] == 2
 
 
