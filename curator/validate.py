@@ -188,6 +188,29 @@ def _failures(predictors: dict[str, dict[str, Any]], measure: str) -> list[str]:
     return out
 
 
+def _run_one(out: Path, strategy: str, seed: int, cands: list[Candidate], n: int, loaded: LoadedModel, evals: list[EvalItem], config: ValidateConfig, training: dict[str, Any], model: dict[str, Any], progress: ProgressFn) -> tuple[bool, dict[str, Any]]:
+    """(already finished?, metrics) of one strategy and seed: reused when its folder is complete, else trained and measured."""
+    run_dir = out / "runs" / safe_name(strategy) / f"seed-{seed}"
+    examples = pick_examples(cands, n, seed)
+    key = _run_key(strategy, seed, examples)
+    if (run_dir / METRICS).exists():
+        done = json.loads((run_dir / METRICS).read_text())
+        if done.get("run") != key:
+            raise MismatchError(f"{run_dir}: trained on other {strategy!r} candidates than the candidates file now holds: delete {run_dir} to retrain it, or pass a new --out")
+        progress(f"reuse {strategy} (seed {seed})", 1, 1)
+        return True, done
+    peft_model, stats = train_lora(loaded, examples, config.train, seed, progress, f"train {strategy} (seed {seed})")
+    tuned = LoadedModel(loaded.spec, peft_model, loaded.tokenizer, loaded.fingerprint)
+    metrics = {**evaluate(tuned, evals, config.evaluation, progress, f"evaluate {strategy} (seed {seed})"), **stats, "run": key, "training": training, "model": model, "example_ids": [c.id for c in examples]}
+
+    def fill(tmp: Path) -> None:  # the adapter and metrics.json appear together, or not at all
+        peft_model.save_pretrained(str(tmp / ADAPTER))
+        write_json_atomic(tmp / METRICS, metrics)
+
+    write_dir_atomic(run_dir, fill)
+    return False, metrics
+
+
 def run_validate(candidates: str | Path, eval_path: str | Path, out: str | Path, config: ValidateConfig | None = None, progress: ProgressFn = no_progress, loaded: LoadedModel | None = None) -> ValidateResult:
     """Fine-tune per strategy (and seed), measure, and compare with the predictions; write the report."""
     config = config or ValidateConfig()
@@ -231,30 +254,9 @@ def run_validate(candidates: str | Path, eval_path: str | Path, out: str | Path,
     reused: list[tuple[str, int]] = []
     for s in strategies:
         for seed in config.seeds:
-            run_dir = out_dir / "runs" / safe_name(s) / f"seed-{seed}"
-            examples = pick_examples(by[s], n, seed)
-            key = _run_key(s, seed, examples)
-            if (run_dir / METRICS).exists():
-                done = json.loads((run_dir / METRICS).read_text())
-                if done.get("run") != key:
-                    raise MismatchError(f"{run_dir}: trained on other {s!r} candidates than the candidates file now holds: delete {run_dir} to retrain it, or pass a new --out")
-                runs[(s, seed)] = done
-                reused.append((s, seed))
-                progress(f"reuse {s} (seed {seed})", 1, 1)
-                continue
-            stage = f"train {s} (seed {seed})"
-            peft_model, stats = train_lora(loaded, examples, config.train, seed, progress, stage)
-            tuned = LoadedModel(loaded.spec, peft_model, loaded.tokenizer, loaded.fingerprint)
-            metrics = {**evaluate(tuned, evals, config.evaluation, progress, f"evaluate {s} (seed {seed})"), **stats, "run": key, "training": training, "model": manifest["model"], "example_ids": [c.id for c in examples]}
-
-            def fill(tmp: Path, peft_model: Any = peft_model, metrics: dict[str, Any] = metrics) -> None:
-                peft_model.save_pretrained(str(tmp / ADAPTER))
-                write_json_atomic(tmp / METRICS, metrics)
-
-            write_dir_atomic(run_dir, fill)
-            del peft_model, tuned
+            done, metrics = _run_one(out_dir, s, seed, by[s], n, loaded, evals, config, training, manifest["model"], progress)
             runs[(s, seed)] = metrics
-            trained.append((s, seed))
+            (reused if done else trained).append((s, seed))
 
     measured = _measured(strategies, config.seeds, runs, base)
     measures = ["loss"] + (["accuracy"] if base.get("accuracy") is not None else [])
