@@ -152,8 +152,10 @@ def _measured(strategies: list[str], seeds: Sequence[int], runs: dict[tuple[str,
     return out
 
 
-def _measured_notes(measured: dict[str, dict[str, Any]], order: list[str], measure: str, n_seeds: int) -> list[str]:
+def _measured_notes(measured: dict[str, dict[str, Any]], order: list[str], measure: str, n_seeds: int, n_gradable: int | None) -> list[str]:
     notes = []
+    if n_gradable:
+        notes.append(f"accuracy is measured on {n_gradable} eval items, so one item moves it by {1 / n_gradable:.3g}")
     if n_seeds == 1:
         notes.append("one seed: the spread between runs was not measured (pass --seeds 3 for mean ± std)")
     if len(order) >= 2:
@@ -283,7 +285,8 @@ def run_validate(candidates: str | Path, eval_path: str | Path, out: str | Path,
         "base": {k: base[k] for k in ("loss", "token_loss", "accuracy", "n_gradable", "loss_by_task")},
         "measured": measured,
         "measured_ranking": order,
-        "measured_notes": _measured_notes(measured, order, config.measure, len(config.seeds)),
+        "secondary_rankings": {m: ranking(gains[m], True) for m in measures if m != config.measure},
+        "measured_notes": _measured_notes(measured, order, config.measure, len(config.seeds), base["n_gradable"] if "accuracy" in measures else None),
         "best_adapter": best,
         "predictors": compared,
         "failures": _failures(compared, config.measure),

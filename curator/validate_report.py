@@ -161,7 +161,10 @@ def markdown(report: dict[str, Any]) -> str:
     for s in strategies:
         m = report["measured"][s]
         lines.append(f"| {s} | {_pm(m['loss'], '{:.4f}')} | {_pm(m['loss_gain'])} | {_pm(m['accuracy'], '{:.3f}')} | {_pm(m['accuracy_gain'], '{:+.3f}')} | {m['n_seeds']} |")
-    lines += ["", f"Measured ranking ({measure} gain, best first): " + (" > ".join(report["measured_ranking"]) or "none"), ""]
+    lines += ["", f"Measured ranking ({measure} gain, best first): " + (" > ".join(report["measured_ranking"]) or "none")]
+    for other, order in report.get("secondary_rankings", {}).items():
+        lines.append(f"By {other} gain (secondary): " + (" > ".join(order) or "none"))
+    lines.append("")
     lines += [f"- {n}" for n in report["measured_notes"]]
     lines += ["", "## Predictors", "", f"| predictor | predicted ranking (best first) | Spearman vs {measure} | top-1 | hit |" + ("" if len(report["measures"]) < 2 else " Spearman vs " + " / ".join(m for m in report["measures"] if m != measure) + " |"), "|---|---|---|---|---|" + ("" if len(report["measures"]) < 2 else "---|")]
     for name in ordered(report["predictors"]):
@@ -171,7 +174,9 @@ def markdown(report: dict[str, Any]) -> str:
         t = a.get("top1", {})
         pick = "/".join(t.get("predicted", [])) or "n/a"
         hit = "n/a" if t.get("hit") is None else ("yes" if t["hit"] else "no") + (" (tie)" if t.get("tied") else "")
-        row = f"| {name} {'↑' if p['direction'] == 'higher' else '↓'} | {' > '.join(p['ranking']) or 'no values'} | {rho} | {pick} | {hit} |"
+        vals = [v for v in p["values"].values() if v is not None]
+        order = "all tied" if len(vals) > 1 and len(set(vals)) == 1 else " > ".join(p["ranking"]) or "no values"
+        row = f"| {name} {'↑' if p['direction'] == 'higher' else '↓'} | {order} | {rho} | {pick} | {hit} |"
         for other in (m for m in report["measures"] if m != measure):
             o = p["against"].get(other, {})
             row += " n/a |" if o.get("spearman") is None else f" {o['spearman']:+.2f} |"
