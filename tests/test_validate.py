@@ -327,3 +327,24 @@ def test_cli_end_to_end_two_strategies(small: tuple[Path, Path], tmp_path: Path)
     assert all(p["against"]["loss"]["spearman"] is None for p in rep["predictors"].values())
     r2 = invoke(["-q", "validate", str(c), str(e), "--out", str(out), "--model", "tiny-random", "--steps", "2", "--max-new-tokens", "4", "--samples", "1", "--dim", "64", "--strategies", "direct,cot"])
     assert r2.exit_code == 0 and "trained 0 run(s), reused 2" in r2.output
+    # predictions read from another run's reports (a demo-like folder), nothing computed
+    out2 = tmp_path / "o2"
+    r3 = invoke(["-q", "validate", str(c), str(e), "--out", str(out2), "--model", "tiny-random", "--steps", "2", "--no-accuracy", "--predictions", str(out / "predictions"), "--no-predict"])
+    assert r3.exit_code == 0, (r3.output, r3.exception)
+    rep2 = json.loads((out2 / "report.json").read_text())
+    assert not (out2 / "predictions").exists()
+    assert rep2["predictors"]["influence in-task"]["source"] == str(out / "predictions" / "study" / "report.json")
+    assert rep2["predictors"]["alignment"]["values"] == rep["predictors"]["alignment"]["values"]
+
+
+@pytest.mark.slow
+def test_smollm2_two_strategies_one_step(tmp_path: Path) -> None:
+    """The bundled SmolLM2 through the whole loop: chat template, peft LoRA on its layers, saved adapters."""
+    from curator.demo import demo_data_dir
+
+    data = demo_data_dir()
+    config = ValidateConfig(strategies=("direct", "cot"), train=FinetuneConfig(steps=1, batch_size=2, examples=2), evaluation=EvalConfig(accuracy=False), predict=False)
+    r = run_validate(data / "candidates.jsonl", data / "eval.jsonl", tmp_path / "o", config)
+    assert sorted(r.trained) == [("cot", 0), ("direct", 0)]
+    assert r.report["base"]["loss"] > 0 and all(r.report["measured"][s]["loss"]["mean"] is not None for s in ("direct", "cot"))
+    assert (tmp_path / "o" / "runs" / "cot" / "seed-0" / "adapter" / "adapter_model.safetensors").exists()
