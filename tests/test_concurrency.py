@@ -24,7 +24,7 @@ from tests.test_crash import candidate_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 CURATOR_BIN = REPO / ".venv" / "bin" / "curator"
-ARGS = ["--model", "tiny-random", "--dim", "128", "--batch-size", "4", "--max-length", "64"]
+ARGS = ["--model", "tiny-random", "--dim", "128", "--batch-size", "2", "--max-length", "64"]  # many small commits: reads land mid-write
 
 
 def eval_rows() -> list[dict]:
@@ -98,6 +98,6 @@ def test_readers_see_a_consistent_prefix_while_a_writer_appends(stores: dict[str
     score_cols = [c for c in final.columns if c.startswith("influence")]
     for snap in snapshots:
         n = len(snap)
-        assert n % 4 == 0 or n == 160, f"a read saw {n} rows: not a whole number of committed batches"
+        assert n % 2 == 0, f"a read saw {n} rows: not a whole number of committed batches"
         assert list(snap["id"]) == list(final["id"][:n]), "a read saw rows that are not a prefix of the store"
         np.testing.assert_allclose(snap[score_cols].to_numpy(float), final[score_cols].to_numpy(float)[:n], atol=1e-6)

@@ -112,10 +112,10 @@ def index_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def index_trials(rng: random.Random, renames: int, seconds: float) -> list[tuple[str, float]]:
     """24 seeded kill moments: 8 on a timer, and 16 spread over writes, renames and manifest updates."""
-    trials: list[tuple[str, float]] = [("timer", round(rng.uniform(0.05, 1.0) * seconds, 3)) for _ in range(8)]
+    trials: list[tuple[str, float]] = [("timer", round(rng.uniform(0.05, 0.85) * seconds, 3)) for _ in range(8)]
     for mode in ("before-fsync", "before-replace", "after-replace"):
         trials += [(mode, rng.randint(1, renames)) for _ in range(5)]
-    trials.append(("after-replace", renames - 1))  # the index file is in place, the manifest does not know it yet
+    trials.append(("after-replace", renames - 1))  # every batch committed, the store not yet marked complete
     return trials
 
 
