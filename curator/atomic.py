@@ -25,7 +25,8 @@ def _prefix(target: Path) -> str:
     return f".{target.name}.{_HOST}-{os.getpid()}."
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -42,7 +43,7 @@ def sweep_stale(target: str | Path) -> list[Path]:
     pattern = re.compile(re.escape(f".{t.name}.{_HOST}-") + r"(\d+)\.[^/]*\.tmp$")
     for p in t.parent.glob(f".{glob.escape(t.name)}.*.tmp"):
         m = pattern.match(p.name)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

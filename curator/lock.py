@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from curator.atomic import pid_alive
 from curator.errors import CuratorRuntimeError
 
 LOCK_FILE = "writer.lock"
@@ -33,22 +34,13 @@ class StoreLockedError(CuratorRuntimeError):
     """Another live process is writing the same store."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_holder(path: str | Path) -> dict[str, Any] | None:
     """The holder line of a lock file, or None when it is missing or unreadable."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        holder = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
 
 
 def describe(holder: dict[str, Any] | None) -> str:
@@ -84,7 +76,7 @@ class StoreLock:
 
     def _acquire_without_flock(self) -> "StoreLock":
         holder = read_holder(self.path)
-        if holder and (holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", -1)))) and holder.get("pid") != os.getpid():
+        if holder and (holder.get("host") != socket.gethostname() or pid_alive(holder["pid"])) and holder.get("pid") != os.getpid():
             raise StoreLockedError(f"{self.store}: the store is being written by {describe(holder)}: wait for it to finish, or stop it, then rerun")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fd = fd

@@ -86,3 +86,11 @@ def test_without_flock_the_holder_line_decides(tmp_path: Path, monkeypatch: pyte
     with StoreLock(tmp_path) as held:
         assert read_holder(held.path)["pid"] == os.getpid()
     assert fcntl is not None
+
+
+def test_a_garbled_lock_file_names_no_holder_and_is_taken_over(tmp_path: Path) -> None:
+    for junk in ("[1, 2]", '{"pid": "x"}', "not json", ""):
+        (tmp_path / LOCK_FILE).write_text(junk)
+        assert read_holder(tmp_path / LOCK_FILE) is None
+        with StoreLock(tmp_path) as held:
+            assert read_holder(held.path)["pid"] == os.getpid()
