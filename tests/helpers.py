@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 
 
@@ -18,3 +21,10 @@ def pairwise_cos(x: np.ndarray) -> np.ndarray:
     sim = x @ x.T
     iu = np.triu_indices(len(x), k=1)
     return sim[iu]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has just exited (for stale-lock and stale-temp tests)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from curator.atomic import _HOST, sweep_stale, write_bytes_atomic, write_dir_atomic
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+from tests.helpers import dead_pid
 
 
 def test_stale_temp_of_a_dead_writer_is_swept_live_one_kept(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from curator.config import GradientConfig, IndexConfig, ProjectionConfig
 from curator.errors import InputError
 from curator.indexing import index_file
 from curator.influence import influence_scores, open_space
-from tests.test_crash import candidate_rows, write_jsonl
+from tests.conftest import write_jsonl
+from tests.test_crash import candidate_rows
 
 REPO = Path(__file__).resolve().parents[1]
 CURATOR_BIN = REPO / ".venv" / "bin" / "curator"

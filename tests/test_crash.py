@@ -29,6 +29,7 @@ import pytest
 
 from curator.store import GradientStore
 from tests import crash_child
+from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.crash
 REPO = Path(__file__).resolve().parents[1]
@@ -75,11 +76,6 @@ def candidate_rows(n: int) -> list[dict[str, Any]]:
         body = " ".join(f"Step {j}: add {j}." for j in range(i % 3)) + f" The answer is {i // 2 + i % 7}."
         rows.append({"id": f"r{i:04d}", "prompt": q, "response": body, "strategy": ["direct", "cot"][i % 2], "task": f"t{i % 3}", "group": f"g{i // 2}"})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def store_state(path: Path) -> dict[str, np.ndarray]:

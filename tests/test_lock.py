@@ -17,6 +17,7 @@ import pytest
 
 from curator import lock as lockmod
 from curator.lock import LOCK_FILE, StoreLock, StoreLockedError, read_holder
+from tests.helpers import dead_pid
 
 HOLD = """
 import sys, time
@@ -31,12 +32,6 @@ def holder_process(store: Path) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "held"
     return p
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 def test_a_second_writer_is_refused_and_told_who_holds_it(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 from curator.cli.main import cli
 from curator.models import load_model
 from tests.test_concurrency import eval_rows
-from tests.test_crash import candidate_rows, write_jsonl
+from tests.conftest import write_jsonl
+from tests.test_crash import candidate_rows
 
 BASE = ["--model", "tiny-random", "--dim", "64", "--max-length", "64", "--batch-size", "8"]
 
