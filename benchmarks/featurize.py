@@ -2,7 +2,8 @@
 
 Prints examples/s for
   (a) curator's path, end to end (`index_rows` into a temporary store, writes included): batched
-      per-example gradients from hooks (curator.fastgrad), the store's projection (sparse JL by
+      per-example gradients from hooks (curator.fastgrad) over batches packed without padding
+      (curator.packing; --packing off pads them like (b)), the store's projection (sparse JL by
       default; --projection rademacher for the dense one), normalisation;
   (b) the floor: a plain batched forward + loss.backward() over the same length buckets, with no
       per-example work at all (logits at every position, as a training step computes them);
@@ -16,7 +17,8 @@ and the ratios a/b and a/c, plus how (a)'s time splits between gradients and pro
 Ratios, not absolute times, are the result: the machine is noisy.
 
     python benchmarks/featurize.py [--model tiny-random|smollm2-135m] [--rows N] [--dim D]
-        [--batch B] [--tokens-per-batch T] [--dtype fp32|bf16] [--projection sparse|rademacher] [--repeat K]
+        [--batch B] [--tokens-per-batch T] [--dtype fp32|bf16] [--projection sparse|rademacher]
+        [--packing auto|off] [--repeat K]
 """
 
 from __future__ import annotations
@@ -36,22 +38,24 @@ from curator.demo import demo_data_dir
 from curator.encoding import IGNORE_INDEX, Encoded
 from curator.fastgrad import _pad, _pad_id, buckets, per_example_gradients
 from curator.indexing import Featurizer, index_rows
+from curator.packing import supports_packing
 from curator.projection import RademacherProjector, normalize
 
 
 class FastFeaturizer(Featurizer):
     """Featurizer whose vectors come from curator.fastgrad; records where the time goes."""
 
-    def __init__(self, *args: Any, tokens_per_batch: int | None = None, dtype: str = "fp32", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tokens_per_batch: int | None = None, dtype: str = "fp32", packing: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tokens_per_batch = tokens_per_batch
         self.dtype = dtype
+        self.packing = packing
         self.seconds = {"gradients": 0.0, "projection": 0.0}
         self.last: list[np.ndarray] = []
 
     def vectors(self, examples: list[Encoded], kind: str | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        grads = per_example_gradients(self.computer, examples, tokens_per_batch=self.tokens_per_batch, dtype=self.dtype)
+        grads = per_example_gradients(self.computer, examples, tokens_per_batch=self.tokens_per_batch, dtype=self.dtype, packing=self.packing)
         t1 = time.perf_counter()
         vecs = normalize(self.projector.project(grads))
         t2 = time.perf_counter()
@@ -122,13 +126,14 @@ def main() -> None:
     ap.add_argument("--tokens-per-batch", type=int, default=None, help="padded-token budget per forward (default: fastgrad's)")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--projection", choices=("sparse", "rademacher"), default="sparse", help="(a)'s projection; (c) always uses the dense one")
+    ap.add_argument("--packing", choices=("auto", "off"), default="auto", help="(a)'s batches: packed without padding where exact (auto, as `curator index`), or padded like (b)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per path, interleaved; the best counts")
     args = ap.parse_args()
-    feat = FastFeaturizer(IndexConfig(model=args.model, projection=ProjectionConfig(dim=args.dim, kind=args.projection), batch_size=args.batch), tokens_per_batch=args.tokens_per_batch, dtype=args.dtype)
+    feat = FastFeaturizer(IndexConfig(model=args.model, projection=ProjectionConfig(dim=args.dim, kind=args.projection), batch_size=args.batch), tokens_per_batch=args.tokens_per_batch, dtype=args.dtype, packing=None if args.packing == "auto" else False)
     rows = load_candidates(demo_data_dir() / "candidates.jsonl")[: args.rows]
     encs = [feat.encode(r) for r in rows]
     # warm-up (allocator, kernels; fills the projection cache when the matrix is small enough to keep)
-    per_example_gradients(feat.computer, encs[:2], dtype=args.dtype)
+    per_example_gradients(feat.computer, encs[:2], dtype=args.dtype, packing=feat.packing)
     floor(feat, encs[:2], 2)
     tight_floor(feat, encs[:2], 2)
     feat.computer.reference_gradients(encs[:1])
@@ -172,6 +177,10 @@ def main() -> None:
     g, p = split["gradients"], split["projection"]
     lengths = [len(e.input_ids) for e in encs]
     print(f"model={args.model} rows={len(encs)} dim={args.dim} batch={args.batch} tokens_per_batch={args.tokens_per_batch or 'default'} dtype={args.dtype} projection={args.projection} lora_params={feat.computer.n_params} mean_tokens={np.mean(lengths):.0f}")
+    packed = supports_packing(feat.computer) if feat.packing is None else feat.packing
+    real = sum(lengths)
+    padded = sum(max(lengths[lo + i] for i in idx) * len(idx) for lo in range(0, len(encs), args.batch) for idx in buckets(encs[lo : lo + args.batch], tokens_per_batch=args.tokens_per_batch))
+    print(f"(a) batches: {'packed into one row each, no padding' if packed else 'padded'}; (b)/(b2) padded batches hold {padded} tokens for {real} real ({1 - real / padded:.0%} padding)")
     print(f"(a) split: gradients {g:.2f} s ({g / a:.0%}), projection {p:.2f} s ({p / a:.0%}), rest (encode, writes, index) {a - g - p:.2f} s ({(a - g - p) / a:.0%})")
     print(f"(c) split: gradients {less_split['gradients']:.2f} s, projection {less_split['projection']:.2f} s")
     print(f"(a) gradients alone vs floor  = {timings['b_floor'] / g:.3f}")

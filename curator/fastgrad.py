@@ -10,11 +10,14 @@ per-example gradient ``einsum("bto,bti->boi", g, x)`` is written straight into t
 the tensors the hooks see, so nothing has to be re-applied.
 
 The batched loss is the SUM over examples of each example's own mean response-token NLL, so
-each example keeps its own normalisation and no gradient mixes across examples. Batches are
-right padded with an attention mask; padded positions carry no loss, and their inputs or
-output-gradients are masked to zero anyway. The vocabulary projection (``lm_head``) is applied
-only at the positions that are scored (a forward pre-hook gathers those rows), which saves the
-logits and softmax of every prompt and padding token.
+each example keeps its own normalisation and no gradient mixes across examples. For models
+where it is exact (``curator.packing``: the Llama family, SmolLM2 included) a batch is packed
+into one row with no padding at all, attention running per example; each example's gradient is
+then the sum over its own segment of the row. Other models get right-padded batches with an
+attention mask; padded positions carry no loss, and their inputs or output-gradients are masked
+to zero anyway. The vocabulary projection (``lm_head``) is applied only at the positions that
+are scored (a forward pre-hook gathers those rows), which saves the logits and softmax of every
+prompt and padding token.
 
 Rows come back in the caller's order and in the layout of ``GradientComputer.reference_gradients``:
 ``lora_parameters`` order (sorted by name), each weight flattened row-major.
@@ -30,23 +33,25 @@ import torch.nn.functional as F
 
 from curator.encoding import IGNORE_INDEX, Encoded
 from curator.errors import InputError
+from curator.packing import PACKABLE_MODEL_TYPES, pack, packed_attention, segment_ids, supports_packing
 
 if TYPE_CHECKING:
     from curator.gradients import GradientComputer
 
 DTYPES = ("fp32", "bf16")
-# The default batch when neither a count nor a token budget is given: padded tokens per batch.
+# The default batch when neither a count nor a token budget is given: tokens per batch.
 DEFAULT_TOKENS_PER_BATCH = 1024
 
 
-def buckets(examples: Sequence[Encoded], batch_size: int | None = None, tokens_per_batch: int | None = None) -> list[list[int]]:
+def buckets(examples: Sequence[Encoded], batch_size: int | None = None, tokens_per_batch: int | None = None, packed: bool = False) -> list[list[int]]:
     """Length-sorted batches of indices into ``examples``.
 
     Examples are sorted by token length (longest first, ties in input order) and cut greedily:
     a batch closes when it holds ``batch_size`` examples, or when one more example would make
-    its padded size (longest length × count) exceed ``tokens_per_batch``. Both limits may be
-    given; with neither, ``DEFAULT_TOKENS_PER_BATCH`` applies. An example longer than the budget
-    on its own gets a batch of its own.
+    its size exceed ``tokens_per_batch``. The size is the padded size (longest length × count),
+    or with ``packed`` the packed length (the sum of lengths). Both limits may be given; with
+    neither, ``DEFAULT_TOKENS_PER_BATCH`` applies. An example longer than the budget on its own
+    gets a batch of its own.
     """
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size={batch_size} is invalid: use an integer >= 1 (--batch-size)")
@@ -57,16 +62,18 @@ def buckets(examples: Sequence[Encoded], batch_size: int | None = None, tokens_p
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
     out: list[list[int]] = []
     cur: list[int] = []
-    longest = 0
+    longest = total = 0
     for i in order:
         n = len(examples[i].input_ids)
         full = batch_size is not None and len(cur) >= batch_size
-        over = tokens_per_batch is not None and max(longest, n) * (len(cur) + 1) > tokens_per_batch
+        size = total + n if packed else max(longest, n) * (len(cur) + 1)
+        over = tokens_per_batch is not None and size > tokens_per_batch
         if cur and (full or over):
             out.append(cur)
-            cur, longest = [], 0
+            cur, longest, total = [], 0, 0
         cur.append(i)
         longest = max(longest, n)
+        total += n
     if cur:
         out.append(cur)
     return out
@@ -83,7 +90,8 @@ class _Hooks:
             off += p.numel()
         self.n_params = off
         self.out: torch.Tensor | None = None  # [B, n_params] for the batch in flight
-        self.mask: torch.Tensor | None = None  # [B, T, 1] float, 1 on real tokens
+        self.mask: torch.Tensor | None = None  # padded batch: [B, T, 1] float, 1 on real tokens
+        self.segments: list[tuple[int, int]] | None = None  # packed batch: example b is row positions [s, e)
         self.roots: list[torch.Tensor] = []  # outputs the backward must reach
         self._root_ids: set[int] = set()
         self._handles: list[Any] = []
@@ -121,10 +129,19 @@ class _Hooks:
 
     def _accumulate(self, off: int, shape: torch.Size, x: torch.Tensor, g: torch.Tensor) -> None:
         """out[b, W slice] += Σ_t g[b,t]ᵀ x[b,t], in float32 whatever the autocast dtype."""
-        out, mask = self.out, self.mask
-        if out is None or mask is None:
+        out, mask, segments = self.out, self.mask, self.segments
+        if out is None or (mask is None and segments is None):
             return
         b = out.shape[0]
+        k = shape[0] * shape[1]
+        if segments is not None:  # packed: one row, example b owns positions [s, e)
+            with torch.autocast("cpu", enabled=False):
+                x = x.reshape(-1, x.shape[-1]).float()
+                g = g.reshape(-1, g.shape[-1]).float()
+                for i, (s, e) in enumerate(segments):
+                    out[i, off : off + k].view(shape[0], shape[1]).addmm_(g[s:e].t(), x[s:e])
+            return
+        assert mask is not None
         with torch.autocast("cpu", enabled=False):
             x = x.reshape(b, -1, x.shape[-1]).float()
             g = g.reshape(b, -1, g.shape[-1]).float()
@@ -133,11 +150,10 @@ class _Hooks:
                 g = g * mask
             else:
                 x = x * mask
-            k = shape[0] * shape[1]
             out[:, off : off + k].view(b, shape[0], shape[1]).add_(torch.bmm(g.transpose(1, 2), x))
 
     def reset(self) -> None:
-        self.out, self.mask, self.roots = None, None, []
+        self.out, self.mask, self.segments, self.roots = None, None, None, []
         self._root_ids = set()
 
     def remove(self) -> None:
@@ -172,15 +188,27 @@ def _pad_id(computer: "GradientComputer") -> int:
     return 0
 
 
-def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded], dtype: str, pad_id: int) -> torch.Tensor:
-    """Per-example gradients of one padded batch, [B, n_params] float32."""
-    ids, mask, targets = _pad(examples, pad_id)
-    scored = targets != IGNORE_INDEX
-    n_scored = scored.sum(dim=1)
+def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded], dtype: str, pad_id: int, packed: bool) -> torch.Tensor:
+    """Per-example gradients of one batch (packed into one row, or padded), [B, n_params] float32."""
+    model_inputs: dict[str, torch.Tensor]
+    if packed:
+        ids, positions, targets, segments = pack(examples)
+        example_of_position = segment_ids(segments)
+        model_inputs = {"input_ids": ids, "position_ids": positions}
+        hooks.segments = segments
+        attention = packed_attention(computer, segments)
+    else:
+        ids, mask, targets = _pad(examples, pad_id)
+        example_of_position = torch.arange(len(examples)).repeat_interleave(ids.shape[1])
+        model_inputs = {"input_ids": ids, "attention_mask": mask}
+        hooks.mask = mask.unsqueeze(-1).to(torch.float32)
+        attention = nullcontext()
+    rows = (targets.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)  # flat positions whose logits are needed
+    example_of_row = example_of_position.index_select(0, rows)
+    n_scored = torch.bincount(example_of_row, minlength=len(examples))
     if bool((n_scored == 0).any()):
+        hooks.reset()
         raise InputError("an example has no response token left to score after truncation: raise --max-length")
-    rows = scored.reshape(-1).nonzero().squeeze(1)  # flat positions whose logits are needed
-    example_of_row = rows // ids.shape[1]
     weight = 1.0 / n_scored.to(torch.float32)
 
     def gather_rows(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -188,14 +216,13 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
         return (h.reshape(-1, h.shape[-1]).index_select(0, rows), *args[1:])
 
     hooks.out = torch.zeros(len(examples), hooks.n_params, dtype=torch.float32)
-    hooks.mask = mask.unsqueeze(-1).to(torch.float32)
     lm_head = computer.model.get_base_model().get_output_embeddings()
     handle = lm_head.register_forward_pre_hook(gather_rows)
     try:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-        with torch.enable_grad():
+        with torch.enable_grad(), attention:
             with ctx:
-                logits = computer.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                logits = computer.model(**model_inputs, use_cache=False).logits
             handle.remove()
             if logits.dim() != 2 or logits.shape[0] != rows.numel():
                 raise NotImplementedError(f"{type(computer.model.get_base_model()).__name__} reshapes its logits: fast per-example gradients do not support it")
@@ -216,15 +243,24 @@ def iter_per_example_gradients(
     batch_size: int | None = None,
     tokens_per_batch: int | None = None,
     dtype: str = "fp32",
+    packing: bool | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (indices into ``examples``, their gradients [len, n_params]) one length bucket at a time."""
+    """Yield (indices into ``examples``, their gradients [len, n_params]) one batch at a time.
+
+    ``packing``: None packs batches wherever that is exact (``curator.packing.supports_packing``),
+    False always pads, True packs or raises NotImplementedError for a model it would not be exact for.
+    """
     if dtype not in DTYPES:
         raise InputError(f"dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)} (--dtype)")
+    packable = supports_packing(computer)
+    if packing and not packable:
+        raise NotImplementedError(f"{type(computer.model.get_base_model()).__name__}: packed batches are exact only for {', '.join(sorted(PACKABLE_MODEL_TYPES))} models")
+    packed = packable if packing is None else packing
     pad_id = _pad_id(computer)
     hooks = _Hooks(computer)
     try:
-        for idx in buckets(examples, batch_size, tokens_per_batch):
-            yield idx, _batch(computer, hooks, [examples[i] for i in idx], dtype, pad_id)
+        for idx in buckets(examples, batch_size, tokens_per_batch, packed=packed):
+            yield idx, _batch(computer, hooks, [examples[i] for i in idx], dtype, pad_id, packed)
     finally:
         hooks.remove()
 
@@ -235,9 +271,10 @@ def per_example_gradients(
     batch_size: int | None = None,
     tokens_per_batch: int | None = None,
     dtype: str = "fp32",
+    packing: bool | None = None,
 ) -> torch.Tensor:
     """Raw per-example gradients [n, n_params] float32, in the order and layout of ``reference_gradients``."""
     out = torch.empty(len(examples), computer.n_params, dtype=torch.float32)
-    for idx, grads in iter_per_example_gradients(computer, examples, batch_size, tokens_per_batch, dtype):
+    for idx, grads in iter_per_example_gradients(computer, examples, batch_size, tokens_per_batch, dtype, packing):
         out[torch.tensor(idx, dtype=torch.long)] = grads
     return out

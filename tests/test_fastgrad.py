@@ -9,8 +9,13 @@ import torch.nn.functional as F
 from curator.config import LoraSettings
 from curator.encoding import encode
 from curator.errors import InputError
+from curator import packing as packing_mod
 from curator.fastgrad import buckets, iter_per_example_gradients, per_example_gradients
 from curator.gradients import GradientComputer
+from curator.packing import ATTENTION_NAME, pack, packed_attention, segment_ids, supports_packing
+
+# None: packed into one row (the default wherever it is exact, as for the tiny Llama); False: padded
+PACKING = pytest.mark.parametrize("packing", [None, False], ids=["packed", "padded"])
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -55,15 +60,16 @@ def assert_matches(comp: GradientComputer, fast: torch.Tensor, ref: torch.Tensor
         off += k
 
 
+@PACKING
 @pytest.mark.parametrize("warm", [False, True], ids=["lora_B_zero", "lora_B_random"])
-def test_fast_matches_reference_in_one_padded_batch(tiny, warm):
+def test_fast_matches_reference_in_one_batch(tiny, warm, packing):
     comp = GradientComputer(tiny.model, LoraSettings())
     if warm:
         randomise_lora_b(comp)
     encs = mixed_examples(tiny.tokenizer)
     assert len({len(e.input_ids) for e in encs}) == len(encs)  # all lengths differ: real padding
     ref = comp.reference_gradients(encs)
-    fast = per_example_gradients(comp, encs, batch_size=len(encs))
+    fast = per_example_gradients(comp, encs, batch_size=len(encs), packing=packing)
     assert_matches(comp, fast, ref)
     names_nonzero = {n for (n, p), s in zip(comp.params, _slices(comp, ref)) if float(s.abs().max()) > 0}
     if warm:
@@ -79,25 +85,30 @@ def _slices(comp: GradientComputer, g: torch.Tensor):
         off += p.numel()
 
 
-def test_every_linear_module_and_other_scaling(tiny):
+@PACKING
+def test_every_linear_module_and_other_scaling(tiny, packing):
     comp = GradientComputer(tiny.model, LoraSettings(r=4, alpha=32, target_modules=ALL_LINEAR, dropout=0.1, seed=5))
     randomise_lora_b(comp, seed=2)
     encs = mixed_examples(tiny.tokenizer)
     assert len(comp.params) == 2 * len(ALL_LINEAR) * 2
     ref = comp.reference_gradients(encs)
-    assert_matches(comp, per_example_gradients(comp, encs, batch_size=4), ref)
+    assert_matches(comp, per_example_gradients(comp, encs, batch_size=4, packing=packing), ref)
 
 
-def test_order_preserved_with_buckets_and_no_side_effects(tiny):
+@PACKING
+def test_order_preserved_with_buckets_and_no_side_effects(tiny, packing):
     comp = GradientComputer(tiny.model, LoraSettings())
     randomise_lora_b(comp)
     encs = mixed_examples(tiny.tokenizer)
     ref = comp.reference_gradients(encs)
     for kw in ({"batch_size": 1}, {"batch_size": 4}, {"tokens_per_batch": 300}, {}):
-        assert_matches(comp, per_example_gradients(comp, encs, **kw), ref)
+        assert_matches(comp, per_example_gradients(comp, encs, packing=packing, **kw), ref)
     # the same row gives the same gradient whatever batch it sits in
-    alone = per_example_gradients(comp, encs[2:3], batch_size=1)[0]
-    assert torch.allclose(alone, per_example_gradients(comp, encs, batch_size=6)[2], rtol=1e-4, atol=1e-6)
+    alone = per_example_gradients(comp, encs[2:3], batch_size=1, packing=packing)[0]
+    assert torch.allclose(alone, per_example_gradients(comp, encs, batch_size=6, packing=packing)[2], rtol=1e-4, atol=1e-6)
+    # the model's own attention is back, with no segments left in flight
+    assert comp.model.get_base_model().config._attn_implementation != ATTENTION_NAME
+    assert packing_mod._SEGMENTS.get() is None
     # no .grad left on the parameters, no hooks left on the model
     assert all(p.grad is None for _, p in comp.params)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in comp.model.modules())
@@ -125,14 +136,54 @@ def test_buckets_sort_and_respect_token_budget(tiny):
         buckets(encs, batch_size=0)
     with pytest.raises(InputError):
         buckets(encs, tokens_per_batch=0)
+    # packed batches are budgeted by their packed length (the sum), not longest × count
+    for budget in (150, 300, 600):
+        for g in buckets(encs, tokens_per_batch=budget, packed=True):
+            assert sum(lengths[i] for i in g) <= budget or len(g) == 1
+    assert len(buckets(encs, tokens_per_batch=sum(lengths), packed=True)) == 1
+    assert len(buckets(encs, tokens_per_batch=sum(lengths))) > 1  # padded, the same budget holds fewer
 
 
-def test_bf16_fidelity(tiny):
+def test_pack_layout(tiny):
+    encs = mixed_examples(tiny.tokenizer)[:3]
+    ids, positions, targets, segments = pack(encs)
+    n = [len(e.input_ids) - 1 for e in encs]
+    assert segments == [(0, n[0]), (n[0], n[0] + n[1]), (n[0] + n[1], sum(n))]
+    assert ids.shape == positions.shape == targets.shape == (1, sum(n))
+    for e, (s, t) in zip(encs, segments):
+        assert ids[0, s:t].tolist() == e.input_ids[:-1]
+        assert targets[0, s:t].tolist() == e.labels[1:]
+        assert positions[0, s:t].tolist() == list(range(t - s))
+    assert segment_ids(segments).tolist() == [0] * n[0] + [1] * n[1] + [2] * n[2]
+
+
+def test_packing_only_where_exact(tiny, monkeypatch):
     comp = GradientComputer(tiny.model, LoraSettings())
     randomise_lora_b(comp)
     encs = mixed_examples(tiny.tokenizer)
-    fp32 = per_example_gradients(comp, encs, batch_size=6)
-    bf16 = per_example_gradients(comp, encs, batch_size=6, dtype="bf16")
+    assert supports_packing(comp)  # a Llama
+    ref = comp.reference_gradients(encs)
+    # the per-segment attention exists only while a packed batch is in flight
+    with pytest.raises(RuntimeError, match="only inside"):
+        packing_mod._segment_attention(None, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), None)
+    with packed_attention(comp, [(0, 3)]):
+        assert comp.model.get_base_model().config._attn_implementation == ATTENTION_NAME
+    assert comp.model.get_base_model().config._attn_implementation != ATTENTION_NAME
+    # a family not known to be exact: auto falls back to padding, forcing packing is refused
+    monkeypatch.setattr(packing_mod, "PACKABLE_MODEL_TYPES", frozenset())
+    assert not supports_packing(comp)
+    assert_matches(comp, per_example_gradients(comp, encs, batch_size=3), ref)
+    with pytest.raises(NotImplementedError, match="exact only for"):
+        per_example_gradients(comp, encs, packing=True)
+
+
+@PACKING
+def test_bf16_fidelity(tiny, packing):
+    comp = GradientComputer(tiny.model, LoraSettings())
+    randomise_lora_b(comp)
+    encs = mixed_examples(tiny.tokenizer)
+    fp32 = per_example_gradients(comp, encs, batch_size=6, packing=packing)
+    bf16 = per_example_gradients(comp, encs, batch_size=6, dtype="bf16", packing=packing)
     assert bf16.dtype == torch.float32
     cos = F.cosine_similarity(bf16, fp32, dim=1)
     assert bool((cos >= 0.99).all()), cos.tolist()
@@ -140,10 +191,12 @@ def test_bf16_fidelity(tiny):
         per_example_gradients(comp, encs, dtype="fp8")
 
 
-def test_example_without_response_tokens_is_refused(tiny):
+@PACKING
+def test_example_without_response_tokens_is_refused(tiny, packing):
     comp = GradientComputer(tiny.model, LoraSettings())
     enc = encode(tiny.tokenizer, "What is 2 + 2?", "4", 32)
     bad = type(enc)(input_ids=enc.input_ids, labels=[-100] * len(enc.labels), n_prompt=len(enc.labels), n_response=0, truncated=True)
     with pytest.raises(InputError, match="no response token"):
-        per_example_gradients(comp, [enc, bad])
+        per_example_gradients(comp, [enc, bad], packing=packing)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in comp.model.modules())
+    assert comp.model.get_base_model().config._attn_implementation != ATTENTION_NAME

@@ -57,6 +57,21 @@ def test_jl_fidelity_on_smollm2_demo_gradients():
     assert spearman(approx, exact) >= 0.98
 
 
+def test_packed_gradients_match_reference_on_smollm2():
+    """The default (packed, no padding) per-example gradients of SmolLM2 against the batch-1 oracle."""
+    import torch
+
+    from curator.fastgrad import per_example_gradients
+    from curator.packing import supports_packing
+
+    feat = Featurizer(IndexConfig(model="smollm2-135m"))
+    encs = [feat.encode(r) for r in load_candidates(demo_data_dir() / "candidates.jsonl")[:4]]
+    assert len({len(e.input_ids) for e in encs}) > 1 and supports_packing(feat.computer)
+    ref = feat.computer.reference_gradients(encs)
+    fast = per_example_gradients(feat.computer, encs, batch_size=4)
+    assert bool((torch.nn.functional.cosine_similarity(fast, ref, dim=1) >= 0.9999).all())
+
+
 def test_cli_demo_subprocess_smollm2(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "curator.cli.main", "-q", "demo", "--out", str(tmp_path / "d"), "--tasks", "1", "--probes", "2", "--dim", "1024"],
