@@ -31,7 +31,7 @@ import io, sys
 import faiss, numpy as np
 from curator.store import GradientStore
 s = GradientStore.open(sys.argv[1])
-parts = [np.load(io.BytesIO(s._read_checked(p, "vectors"))) for p in s.manifest["parts"]]
+parts = [np.load(io.BytesIO(s.read_checked(p, "vectors"))) for p in s.manifest["parts"]]
 vecs = np.concatenate(parts).astype(np.float32)
 index = faiss.IndexIDMap2(faiss.IndexFlatIP(s.dim))
 index.add_with_ids(vecs, np.arange(len(vecs), dtype=np.int64))

@@ -4,7 +4,9 @@ Layout::
 
     STORE/manifest.json          format version, curator version, model fingerprint, LoRA,
                                  projection and gradient config, row count, parts + checksums
-    STORE/parts/part-00000.npy   float16 vectors of one appended batch, [n, dim]
+    STORE/parts/part-00000.npy   float16 vectors of one committed batch, [n, dim]; runs of
+                                 small parts are merged into parts of about 64 MiB
+                                 (curator.parts: roll-ups)
     STORE/parts/part-00000.parquet  its rows: id, strategy, task, group, token counts
     STORE/index.faiss            only for an approximate search type (ivf, ivfpq, hnsw): the
                                  FAISS inner-product index, ids = row numbers, built part by part
@@ -23,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +38,10 @@ from curator import search
 from curator.atomic import write_bytes_atomic, write_json_atomic
 from curator.errors import MismatchError, StoreError
 from curator.lock import LOCK_FILE, StoreLock
+from curator.parts import PART_NAME, relocate, rollup, sweep_unlisted, write_part
+from curator.parts import sha256 as _sha256
 
 FORMAT_VERSION = 1
-PART_NAME = re.compile(r"part-\d{5,}")
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ROW_COLUMNS = ["id", "strategy", "task", "group", "n_prompt_tokens", "n_response_tokens", "truncated"]
@@ -68,10 +70,6 @@ def compare_manifests(a: dict[str, Any], b: dict[str, Any], fields: Iterable[str
             raise MismatchError(f"{a_name} and {b_name} differ in {f}: {_short(va)} vs {_short(vb)}: rebuild one of them with the same settings")
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _sha256_file(path: Path) -> str:
     """sha256 of a file, streamed in 8 MiB blocks (hashlib releases the GIL, so files hash in parallel)."""
     h = hashlib.sha256()
@@ -88,6 +86,10 @@ def _to_float32(a: np.ndarray) -> np.ndarray:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a)).float().numpy()
+
+
+class MissingFileError(StoreError):
+    """A file the manifest lists is not there."""
 
 
 @dataclass
@@ -152,6 +154,7 @@ class GradientStore:
         if (p / MANIFEST).exists():  # checked again under the lock: another writer may have just made it
             store = cls.open(p)
             compare_manifests(store.manifest, identity, IDENTITY_FIELDS, f"existing store {p}", "this run")
+            sweep_unlisted(store)
             return store
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -169,7 +172,11 @@ class GradientStore:
         return store
 
     def _write_manifest(self) -> None:
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        write_json_atomic(self.manifest_file, self.manifest)
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / MANIFEST
 
     # ------------------------------------------------------------------ properties
 
@@ -196,23 +203,17 @@ class GradientStore:
         """Commit one batch: its vectors and rows, then the manifest that lists them."""
         if len(rows) != vectors.shape[0] or vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"batch of {len(rows)} rows with vectors {vectors.shape}, store dim {self.dim}")
-        name = f"part-{len(self.manifest['parts']):05d}"
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(vectors, dtype=np.float16))
-        vec_bytes = buf.getvalue()
         table = pd.DataFrame([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], columns=ROW_COLUMNS)
         for col in ("id", "strategy", "task", "group"):
             table[col] = table[col].astype("string")
         rbuf = io.BytesIO()
         table.to_parquet(rbuf, index=False)
-        row_bytes = rbuf.getvalue()
-        write_bytes_atomic(self.path / "parts" / f"{name}.npy", vec_bytes)
-        write_bytes_atomic(self.path / "parts" / f"{name}.parquet", row_bytes)
-        self.manifest["parts"].append({"name": name, "rows": len(rows), "vectors_sha256": _sha256(vec_bytes), "rows_sha256": _sha256(row_bytes)})
+        self.manifest["parts"].append(write_part(self, vectors, rbuf.getvalue()))
         self.manifest["rows"] += len(rows)
         self.manifest["truncated"] += sum(1 for r in rows if r.get("truncated"))
         self.manifest["complete"] = False
         self._write_manifest()
+        rollup(self, final=False)
 
     def request_search(self, text: str | None) -> bool:
         """Record the search type to build at finalize; True when it differs from the store's.
@@ -239,6 +240,7 @@ class GradientStore:
         self.manifest["index"] = None
         self.manifest["complete"] = False
         self._write_manifest()
+        rollup(self, final=True)
         entry = search.build(self, self.path / INDEX_FILE)
         if entry.get("file") is None:
             (self.path / INDEX_FILE).unlink(missing_ok=True)  # flat: the parts are the index
@@ -249,12 +251,16 @@ class GradientStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_checked(self, part: dict[str, Any], kind: str) -> bytes:
+    def missing(self, f: Path) -> "MissingFileError":
+        return MissingFileError(f"{f}: missing store file: the store is damaged; rerun `curator index` into a new --out directory")
+
+    def read_checked(self, part: dict[str, Any], kind: str) -> bytes:
         suffix = ".npy" if kind == "vectors" else ".parquet"
         f = self.path / "parts" / f"{part['name']}{suffix}"
-        if not f.exists():
-            raise StoreError(f"{f}: missing store file: the store is damaged; rerun `curator index` into a new --out directory")
-        data = f.read_bytes()
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            raise self.missing(f) from None
         if _sha256(data) != part[f"{kind}_sha256"]:
             raise StoreError(f"{f}: checksum does not match the manifest (corrupt or truncated file): rebuild the store with `curator index`")
         return data
@@ -263,34 +269,56 @@ class GradientStore:
         """Stream-hash ``f`` against the manifest once per opened store."""
         if str(f) in self._verified:
             return
-        if not f.exists():
-            raise StoreError(f"{f}: missing store file: the store is damaged; rerun `curator index` into a new --out directory")
-        if _sha256_file(f) != sha:
+        try:
+            digest = _sha256_file(f)
+        except FileNotFoundError:
+            raise self.missing(f) from None
+        if digest != sha:
             raise StoreError(f"{f}: checksum does not match the manifest (corrupt or truncated file): rebuild the store with `curator index`")
         self._verified.add(str(f))
 
-    def _vector_file(self, part: dict[str, Any]) -> Path:
+    def vector_file(self, part: dict[str, Any]) -> Path:
         return self.path / "parts" / f"{part['name']}.npy"
 
-    def verify(self) -> None:
-        """Check every vector part against its manifest checksum (streamed, two files at a time)."""
-        todo = [(self._vector_file(p), p["vectors_sha256"]) for p in self.manifest["parts"]]
-        todo = [t for t in todo if str(t[0]) not in self._verified]
-        if len(todo) < 2:
-            for f, sha in todo:
-                self._check_file(f, sha)
-            return
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            list(pool.map(lambda t: self._check_file(*t), todo))
-
-    def part_array(self, part: dict[str, Any]) -> np.ndarray:
-        """One part's float16 vectors [rows, dim], memory-mapped (copy-on-write, never written)."""
-        f = self._vector_file(part)
+    def _map(self, part: dict[str, Any]) -> np.ndarray:
+        f = self.vector_file(part)
+        if not f.exists():
+            raise FileNotFoundError(f)
         self._check_file(f, part["vectors_sha256"])
         arr = np.load(f, mmap_mode="c")
         if arr.dtype != np.float16 or arr.shape != (part["rows"], self.dim):
             raise StoreError(f"{f}: holds {arr.dtype} {arr.shape}, the manifest says float16 ({part['rows']}, {self.dim}): rebuild the store with `curator index`")
         return arr
+
+    def part_array(self, part: dict[str, Any]) -> np.ndarray:
+        """One part's float16 vectors [rows, dim], memory-mapped (copy-on-write, never written)."""
+        try:
+            return self._map(part)
+        except (FileNotFoundError, MissingFileError):
+            merged, off = relocate(self, part)
+            try:
+                return self._map(merged)[off : off + int(part["rows"])]
+            except FileNotFoundError:
+                raise self.missing(self.vector_file(part)) from None
+
+    def _row_table(self, part: dict[str, Any], columns: list[str]) -> Any:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(io.BytesIO(self.read_checked(part, "rows")), columns=columns)
+        except MissingFileError:
+            merged, off = relocate(self, part)
+            return pq.read_table(io.BytesIO(self.read_checked(merged, "rows")), columns=columns).slice(off, int(part["rows"]))
+
+    def verify(self) -> None:
+        """Check every vector part against its manifest checksum (streamed, two files at a time)."""
+        todo = [p for p in self.manifest["parts"] if str(self.vector_file(p)) not in self._verified]
+        if len(todo) < 2:
+            for p in todo:
+                self.part_array(p)
+            return
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(self.part_array, todo))
 
     def iter_parts(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first row number, float16 memory map) of each part in row order, one open at a time."""
@@ -318,10 +346,9 @@ class GradientStore:
     def rows(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The row table (or some of its columns), in store order (row number = FAISS id)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         cols = columns or ROW_COLUMNS
-        tables = [pq.read_table(io.BytesIO(self._read_checked(p, "rows")), columns=cols) for p in self.manifest["parts"]]
+        tables = [self._row_table(p, cols) for p in self.manifest["parts"]]
         if not tables:
             return pd.DataFrame(columns=cols)
         df = pa.concat_tables(tables, promote_options="default").to_pandas()

@@ -240,7 +240,9 @@ def test_stores_hold_unit_vectors_and_rows(stores: dict[str, Path]) -> None:
     t = GradientStore.open(stores["train"])
     assert t.manifest["role"] == "candidates" and t.manifest["complete"] is True
     assert t.manifest["projection"]["dim"] == 256
-    assert len(t.manifest["parts"]) == 2  # 6 rows in batches of 4
+    # 6 rows committed in batches of 4 (parts 0 and 1), rolled up into one part (2) at finalize
+    assert [(p["name"], p["rows"]) for p in t.manifest["parts"]] == [("part-00002", 6)]
+    assert sorted(f.name for f in (stores["train"] / "parts").iterdir()) == ["part-00002.npy", "part-00002.parquet"]
     assert t.ids() == [r["id"] for r in candidate_rows()]
     v = t.vectors()
     assert v.shape == (6, 256)

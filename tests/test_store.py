@@ -131,7 +131,7 @@ def test_store_records_model_fingerprint_and_config(tmp_path, small_data):
     assert m["projection"]["dim"] == 32 and m["projection"]["seed"] == 5
     assert m["lora"]["r"] == 8 and m["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert m["gradient"]["kind"] == "sgd" and m["rows"] == 6 and m["format_version"] == 1
-    assert m["curator_version"] and len(m["parts"]) == 2
+    assert m["curator_version"] and [p["rows"] for p in m["parts"]] == [6]  # the per-batch parts, rolled up at finalize
 
 
 def test_bf16_store_records_dtype_and_refuses_fp32_resume(tmp_path, small_data):
@@ -173,3 +173,73 @@ def test_a_manifest_naming_a_part_outside_the_store_is_refused(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(StoreError, match="parts list is damaged"):
         GradientStore.open(tmp_path / "s")
+
+
+def _files(path) -> list[str]:
+    return sorted(f.name for f in (path / "parts").iterdir())
+
+
+def test_small_parts_roll_up_as_rows_arrive_and_at_finalize(tmp_path, monkeypatch):
+    """Per-batch parts merge once they hold ROLLUP_BYTES; the store keeps every row and float16 bit."""
+    from curator import parts
+
+    monkeypatch.setattr(parts, "ROLLUP_BYTES", 10 * 8 * 2)  # 10 rows of dim 8
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    data = unit(31, 8, 0)
+    sizes = [3, 3, 3, 3, 4, 2, 6, 7]  # 31 rows
+    lo = 0
+    for n in sizes:
+        s.append(rows(n, lo), data[lo : lo + n])
+        lo += n
+    # 3+3+3+3 = 12 >= 10 rolled into one part; 4+2+6 = 12 into another; 7 is still small
+    assert [p["rows"] for p in s.manifest["parts"]] == [12, 12, 7]
+    assert len(_files(tmp_path / "s")) == 6  # only listed parts are on disk
+    s.append(rows(1, 31), unit(1, 8, 9))
+    s.finalize()
+    assert [p["rows"] for p in s.manifest["parts"]] == [12, 12, 8]  # the small tail merged at finalize
+    names = [p["name"] for p in s.manifest["parts"]]
+    assert len(set(names)) == 3 and _files(tmp_path / "s") == sorted(f"{n}{x}" for n in names for x in (".npy", ".parquet"))
+    t = GradientStore.open(tmp_path / "s")
+    t.verify()
+    assert t.ids() == [f"r{i}" for i in range(32)]
+    expect = np.vstack([data, unit(1, 8, 9)]).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(t.vectors(), expect)
+    np.testing.assert_array_equal(t.read_rows(np.array([30, 0, 13])), expect[[30, 0, 13]])
+    # a resumed writer names new parts after every name ever used
+    s.close()
+    r = GradientStore.create_or_resume(tmp_path / "s", identity())
+    r.append(rows(1, 32), unit(1, 8, 10))
+    assert r.manifest["parts"][-1]["name"] not in names
+
+
+def test_reader_opened_before_a_rollup_finds_its_rows_in_the_merged_part(tmp_path):
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    a, b = unit(3, 8, 0), unit(2, 8, 1)
+    s.append(rows(3), a)
+    s.append(rows(2, 3), b)
+    reader = GradientStore.open(tmp_path / "s")  # sees two per-batch parts
+    assert len(reader.manifest["parts"]) == 2
+    s.finalize()  # merges them and deletes their files
+    assert len(s.manifest["parts"]) == 1 and not (tmp_path / "s" / "parts" / "part-00000.npy").exists()
+    assert reader.ids() == [f"r{i}" for i in range(5)]
+    np.testing.assert_array_equal(reader.vectors(), np.vstack([a, b]).astype(np.float16).astype(np.float32))
+    reader.verify()
+    # a file that is truly gone is still an error, naming it
+    (tmp_path / "s" / "parts" / f"{s.manifest['parts'][0]['name']}.npy").unlink()
+    with pytest.raises(StoreError, match=r"part-00002.npy: missing store file"):
+        GradientStore.open(tmp_path / "s").vectors()
+
+
+def test_files_left_by_a_killed_rollup_are_swept_by_the_next_writer(tmp_path):
+    s = GradientStore.create_or_resume(tmp_path / "s", identity())
+    s.append(rows(3), unit(3, 8, 0))
+    s.close()
+    # a merge killed before its manifest: a part file no manifest lists
+    stray = tmp_path / "s" / "parts" / "part-00007.npy"
+    stray.write_bytes(b"half a part")
+    (tmp_path / "s" / "parts" / "notes.txt").write_text("not ours")
+    GradientStore.open(tmp_path / "s")  # readers never delete
+    assert stray.exists()
+    w = GradientStore.create_or_resume(tmp_path / "s", identity())
+    assert not stray.exists() and (tmp_path / "s" / "parts" / "notes.txt").exists()
+    assert w.n_rows == 3 and w.ids() == ["r0", "r1", "r2"]
