@@ -14,7 +14,6 @@ statistic is the pooled candidate mean of the drawn groups, the same estimator a
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pandas as pd
 
 from curator.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from curator.errors import InputError
+from curator.figures import closing, png, pyplot
 from curator.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
 from curator.stats import finite_or_none
 
@@ -297,10 +297,7 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def _bars_png(result: dict[str, Any]) -> bytes:
     """One panel per metric: a bar per strategy with its bootstrap interval as the error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metrics, strategies = result["metrics"], result["strategies"]
     ncols = min(4, len(metrics))
@@ -308,7 +305,7 @@ def _bars_png(result: dict[str, Any]) -> bytes:
     width = max(3.0, 0.55 * len(strategies) + 1.2)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.2 * nrows), squeeze=False)
     colours = plt.get_cmap("tab10")
-    try:
+    with closing(fig):
         for k, ax in enumerate(axes.flat):
             if k >= len(metrics):
                 ax.set_visible(False)
@@ -332,12 +329,7 @@ def _bars_png(result: dict[str, Any]) -> bytes:
         rec = result["recommended"]
         pct = f"{100 * result['confidence']:g}%"
         fig.suptitle(f"Strategies by metric (mean, {pct} interval)" + (f"; recommended: {rec}" if rec else ""), fontsize=11)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+        return png(fig, dpi=110)
 
 
 def write_selection_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

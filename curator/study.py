@@ -14,7 +14,6 @@ The input is the influence table produced by the influence stage: one row per ca
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pandas as pd
 
 from curator.atomic import write_bytes_atomic
 from curator.errors import InputError
+from curator.figures import closing, png, pyplot
 from curator.influence import INFLUENCE_PREFIX
 from curator.stats import finite_or_none
 
@@ -321,10 +321,7 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def _heatmap_png(result: dict[str, Any]) -> bytes:
     """Render strategies × eval tasks relative influence as a PNG (diverging colours centred on 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     strategies, tasks = result["strategies"], result["eval_tasks"]
     values = np.array(
@@ -335,7 +332,7 @@ def _heatmap_png(result: dict[str, Any]) -> bytes:
     vmax = float(np.abs(finite).max()) if finite.size else 0.0
     vmax = vmax if vmax > 0 else 1e-6
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(tasks) + 2.5), max(2.8, 0.7 * len(strategies) + 1.8)))
-    try:
+    with closing(fig):
         image = ax.imshow(values, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
         ax.set_xticks(range(len(tasks)), labels=tasks, rotation=35, ha="right")
         ax.set_yticks(range(len(strategies)), labels=strategies)
@@ -347,12 +344,7 @@ def _heatmap_png(result: dict[str, Any]) -> bytes:
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
         fig.colorbar(image, ax=ax, label="relative influence (Δ mean cosine)")
         ax.set_title(f"Relative influence vs baseline '{result['baseline']}'")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+        return png(fig, dpi=120)
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

@@ -17,7 +17,6 @@ For each predictor, over the strategies that have both a predicted score and a m
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from curator.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from curator.figures import closing, png, pyplot
 from curator.stats import finite_or_none
 
 MIN_SPEARMAN = 3
@@ -192,10 +192,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot_png(report: dict[str, Any]) -> bytes:
     """One panel per predictor: predicted score (x) against measured gain (y, mean ± std over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     measure = report["measure"]
     names = ordered(report["predictors"]) or ["(no predictor)"]
@@ -204,7 +201,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
     colours = plt.get_cmap("tab10")
     strategies = report["strategies"]
-    try:
+    with closing(fig):
         for k, ax in enumerate(axes.flat):
             if k >= len(names) or names[k] not in report["predictors"]:
                 ax.set_visible(k < len(names))
@@ -232,12 +229,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
             ax.tick_params(labelsize=7)
         n_seeds = len(report["seeds"])
         fig.suptitle(f"Predicted score vs measured {measure} gain (" + (f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed") + "); better is right and up", fontsize=10)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+        return png(fig, dpi=110)
 
 
 def write_validation_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
