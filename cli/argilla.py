@@ -162,12 +162,14 @@ def pull(ctx: click.Context, dataset: str, out: Path, method: str, page_size: in
 @click.option("--public-url", default=None, help="URL the Argilla server posts events to (default: http://HOST:PORT; 127.0.0.1 when HOST is 0.0.0.0).")
 @click.option("--log", "log_file", type=click.Path(path_type=Path), default=None, help="JSONL log of every change (default: listen-<dataset>.log.jsonl).")
 @with_api
-def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url: str | None, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+@with_retries
+def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url: str | None, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
     """Listen for submitted rankings; update the strategy tally and re-rank similar pending records."""
     from curator.integrations.argilla.listen import Listener, default_log_path, serve_listener
 
+    policy = retry_policy(retries, retry_delay)
     client = client_from(api_url, api_key, data_dir)
-    listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or default_log_path(dataset))
+    listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or default_log_path(dataset), retry=policy)
     click.echo(f"listening for submissions on {dataset} at http://{host}:{port} (Ctrl-C to stop); changes are logged to {listener.log_path}")
     serve_listener(listener, host=host, port=port, public_url=public_url)
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from curator.errors import InputError
 from curator.paths import safe_name
-from curator.integrations.argilla.client import with_retry
+from curator.integrations.argilla.client import RetryPolicy, with_retry
 from curator.integrations.argilla.mapping import AGENT, BEST, RANKING, VECTOR, describe, n_slots_of, slot, slot_candidates, suggestion_score
 from curator.integrations.argilla.pull import record_metadata as _metadata
 from curator.integrations.argilla.pull import fetch_record_models
@@ -115,13 +115,14 @@ def default_log_path(dataset: str) -> Path:
 class Listener:
     """State of the loop for one dataset: its records' vectors in FAISS, the tally, the log."""
 
-    def __init__(self, client: Any, dataset: str, workspace: str = "curator", k: int = 5, weight: float = 1.0, log_path: str | Path = "listen.log.jsonl") -> None:
+    def __init__(self, client: Any, dataset: str, workspace: str = "curator", k: int = 5, weight: float = 1.0, log_path: str | Path = "listen.log.jsonl", retry: RetryPolicy | None = None) -> None:
         import faiss
 
         if k < 1:
             raise InputError(f"--neighbours {k} is invalid: use an integer >= 1")
         self.client, self.k, self.weight, self.log_path = client, k, weight, Path(log_path)
-        ds = find_dataset(client, dataset, workspace)
+        self.retry = retry or RetryPolicy()  # every request the listener makes (--retries, --retry-delay)
+        ds = find_dataset(client, dataset, workspace, policy=self.retry)
         if ds is None:
             raise InputError(f"dataset {workspace}/{dataset} does not exist: push it first with `curator argilla push`")
         self.dataset = ds
@@ -154,7 +155,7 @@ class Listener:
     def _fetch(self, with_vectors: bool = False) -> list[Any]:
         out: list[Any] = []
         while True:
-            batch = with_retry(lambda: self.client.api.records.list(dataset_id=self.dataset.id, offset=len(out), limit=100, with_vectors=[VECTOR]), self.client, "reading record vectors")
+            batch = with_retry(lambda: self.client.api.records.list(dataset_id=self.dataset.id, offset=len(out), limit=100, with_vectors=[VECTOR]), self.client, "reading record vectors", policy=self.retry)
             out.extend(batch)
             if len(batch) < 100:
                 return out
@@ -191,7 +192,7 @@ class Listener:
 
     def ranking_suggestion(self, record_id: str) -> list[str] | None:
         """The record's current ranking suggestion (slot names, best first), read from the server."""
-        resp = with_retry(lambda: self.client.api.http_client.get(f"/api/v1/records/{record_id}/suggestions"), self.client, f"reading suggestions of {record_id}")
+        resp = with_retry(lambda: self.client.api.http_client.get(f"/api/v1/records/{record_id}/suggestions"), self.client, f"reading suggestions of {record_id}", policy=self.retry)
         resp.raise_for_status()
         for item in resp.json().get("items", []):
             if str(item.get("question_id")) == str(self.ranking_question):
@@ -226,7 +227,7 @@ class Listener:
             scores = [suggestion_score(adjusted[s]) for s in new] + [0.0] * len(empty)
             ranked = [{"value": name, "rank": k + 1} for k, name in enumerate(value)]  # the REST API wants explicit ranks
             body = {"question_id": str(self.ranking_question), "type": "model", "value": ranked, "score": scores, "agent": AGENT}
-            with_retry(lambda: self.client.api.http_client.put(f"/api/v1/records/{nb}/suggestions", json=body).raise_for_status(), self.client, f"updating suggestions of {nb}")
+            with_retry(lambda: self.client.api.http_client.put(f"/api/v1/records/{nb}/suggestions", json=body).raise_for_status(), self.client, f"updating suggestions of {nb}", policy=self.retry)
             change = {"event": event_type, "record": rid, "annotator": user, "top_strategy": top_strategy, "tally": dict(self.tally.votes), "neighbour": nb, "old_ranking": old, "new_ranking": value}
             self._log(change)
             changes.append(change)
@@ -258,7 +259,7 @@ def build_app(listener: Listener, public_url: str) -> Any:
             warnings.simplefilter("ignore")  # "Found existing webhook": reusing it is intended
             rg.webhook_listener(events=EVENTS, client=listener.client, server=app, raw_event=True)(curator_listen)
 
-    with_retry(register, listener.client, "registering the webhook (this needs an owner's API key)")
+    with_retry(register, listener.client, "registering the webhook (this needs an owner's API key)", policy=listener.retry)
     return app
 
 

@@ -183,8 +183,10 @@ def test_retry_policy_is_bounded_and_validated(tmp_path: Path) -> None:
             RetryPolicy(**bad)  # type: ignore[arg-type]
     cands = write_candidates(tmp_path / "cands.jsonl", candidates(1, "opts"))
     for opt in (["--retries", "0"], ["--retry-delay", "-1"]):
-        r = run_cli(["argilla", "push", str(cands), "--dataset", "x", "--api-url", "http://127.0.0.1:9", "--api-key", "k", *opt])
-        assert r.exit_code == 2 and opt[0] in r.stderr, (opt, r.stderr)
+        api = ["--api-url", "http://127.0.0.1:9", "--api-key", "k", *opt]
+        for args in (["argilla", "push", str(cands), "--dataset", "x"], ["argilla", "pull", "--dataset", "x", "--out", str(tmp_path / "p.jsonl")], ["argilla", "listen", "--dataset", "x"]):
+            r = run_cli([*args, *api])
+            assert r.exit_code == 2 and opt[0] in r.stderr, (args[1], opt, r.stderr)
 
 
 # --------------------------------------------------------------------------- 2. server killed mid-push

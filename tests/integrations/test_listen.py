@@ -96,3 +96,32 @@ def test_webhook_updates_tally_and_neighbour_suggestions(demo_set: dict[str, Any
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_listener_requests_follow_its_retry_policy(demo_set: dict[str, Any], argilla_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`listen --retries/--retry-delay` reach every request: transient failures are retried, then one error."""
+    import httpx
+
+    from curator.integrations.argilla.client import ArgillaError, RetryPolicy
+
+    name, ws = f"listen-retry-{uuid.uuid4().hex[:8]}", "curator"
+    push(demo_set["candidates"], demo_set["ranking"], name, ws, store=demo_set["store"], client=argilla_client)
+    listener = Listener(argilla_client, name, workspace=ws, retry=RetryPolicy(attempts=3, base_delay=0.0))
+    rid = listener.ids[0]
+    expected = listener.ranking_suggestion(rid)
+    assert expected
+    http = argilla_client.api.http_client
+    real_get, failures = http.get, {"left": 2}
+
+    def flaky_get(url: str, *args: Any, **kwargs: Any) -> Any:  # the real server, behind a connection that drops
+        if failures["left"] > 0 and url.endswith("/suggestions"):
+            failures["left"] -= 1
+            raise httpx.ConnectError("connection refused (test)")
+        return real_get(url, *args, **kwargs)
+
+    monkeypatch.setattr(http, "get", flaky_get)
+    assert listener.ranking_suggestion(rid) == expected  # failed twice, the third attempt read it
+    assert failures["left"] == 0
+    failures["left"] = 3
+    with pytest.raises(ArgillaError, match=r"reading suggestions of .*gave up after 3 attempts"):
+        listener.ranking_suggestion(rid)
