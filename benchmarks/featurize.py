@@ -3,7 +3,8 @@
 Prints examples/s for
   (a) curator's path, end to end (`index_rows` into a temporary store, writes included): batched
       per-example gradients from hooks (curator.fastgrad) over batches packed without padding
-      (curator.packing; --packing off pads them like (b)), the store's projection (sparse JL by
+      (curator.packing; --packing off pads them like (b)) with the loss and its gradient at the
+      scored rows in one pass (curator.scoredloss, fp32 packed), the store's projection (sparse JL by
       default; --projection rademacher for the dense one), normalisation;
   (b) the floor: a plain batched forward + loss.backward() over the same length buckets, with no
       per-example work at all (logits at every position, as a training step computes them);

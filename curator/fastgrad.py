@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from curator.encoding import IGNORE_INDEX, Encoded
 from curator.errors import InputError
 from curator.packing import PACKABLE_MODEL_TYPES, pack, packed_attention, segment_ids, supports_packing
+from curator.scoredloss import fusable, scored_nll
 
 if TYPE_CHECKING:
     from curator.gradients import GradientComputer
@@ -216,24 +217,34 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
         return (h.reshape(-1, h.shape[-1]).index_select(0, rows), *args[1:])
 
     hooks.out = torch.zeros(len(examples), hooks.n_params, dtype=torch.float32)
-    lm_head = computer.model.get_base_model().get_output_embeddings()
-    handle = lm_head.register_forward_pre_hook(gather_rows)
+    base = computer.model.get_base_model()
+    lm_head = base.get_output_embeddings()
+    row_targets = targets.reshape(-1).index_select(0, rows)
+    row_weight = weight.index_select(0, example_of_row)
+    # packed (Llama) fp32 batches: the loss and its gradient in one pass (curator.scoredloss)
+    fused = packed and dtype == "fp32" and fusable(lm_head)
+    handle = None if fused else lm_head.register_forward_pre_hook(gather_rows)
     try:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
         with torch.enable_grad(), attention:
-            with ctx:
-                logits = computer.model(**model_inputs, use_cache=False).logits
-            handle.remove()
-            if logits.dim() != 2 or logits.shape[0] != rows.numel():
-                raise NotImplementedError(f"{type(computer.model.get_base_model()).__name__} reshapes its logits: fast per-example gradients do not support it")
-            nll = F.cross_entropy(logits.float(), targets.reshape(-1).index_select(0, rows), reduction="none")
-            loss = (nll * weight.index_select(0, example_of_row)).sum()
+            if fused:
+                hidden = base.model(**model_inputs, use_cache=False).last_hidden_state
+                loss = scored_nll(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), lm_head.weight, row_targets, row_weight)
+            else:
+                assert handle is not None
+                with ctx:
+                    logits = computer.model(**model_inputs, use_cache=False).logits
+                handle.remove()
+                if logits.dim() != 2 or logits.shape[0] != rows.numel():
+                    raise NotImplementedError(f"{type(base).__name__} reshapes its logits: fast per-example gradients do not support it")
+                loss = (F.cross_entropy(logits.float(), row_targets, reduction="none") * row_weight).sum()
             # backward outside autocast; only the hooked outputs are asked for, so the summed
             # LoRA weight gradients (.grad) are never formed
             torch.autograd.grad(loss, hooks.roots)
         return hooks.out
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
         hooks.reset()
 
 

@@ -200,3 +200,22 @@ def test_example_without_response_tokens_is_refused(tiny, packing):
         per_example_gradients(comp, [enc, bad], packing=packing)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in comp.model.modules())
     assert comp.model.get_base_model().config._attn_implementation != ATTENTION_NAME
+
+
+def test_scored_nll_matches_cross_entropy_and_its_gradient():
+    from curator.scoredloss import fusable, scored_nll
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 16, generator=g, requires_grad=True)
+    weight = torch.randn(300, 16, generator=g) * 3.0  # large logits: the max-shift must keep it finite
+    targets = torch.randint(0, 300, (37,), generator=g)
+    row_weight = torch.rand(37, generator=g)
+    ref = (F.cross_entropy(hidden @ weight.t(), targets, reduction="none") * row_weight).sum()
+    (ref_grad,) = torch.autograd.grad(ref * 2.5, hidden)
+    got = scored_nll(hidden, weight, targets, row_weight)
+    (got_grad,) = torch.autograd.grad(got * 2.5, hidden)  # the upstream gradient scales it
+    assert torch.isfinite(got.detach()) and abs(got.detach().item() - ref.detach().item()) <= 1e-4 * abs(ref.detach().item())
+    assert torch.allclose(got_grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert fusable(torch.nn.Linear(16, 300, bias=False).requires_grad_(False))
+    assert not fusable(torch.nn.Linear(16, 300, bias=False))  # a trainable head needs its own gradient
+    assert not fusable(torch.nn.Linear(16, 300).requires_grad_(False))  # a bias
