@@ -16,8 +16,9 @@ into one row with no padding at all, attention running per example; each example
 then the sum over its own segment of the row. Other models get right-padded batches with an
 attention mask; padded positions carry no loss, and their inputs or output-gradients are masked
 to zero anyway. The vocabulary projection (``lm_head``) is applied only at the positions that
-are scored (a forward pre-hook gathers those rows), which saves the logits and softmax of every
-prompt and padding token.
+are scored, which saves the logits and softmax of every prompt and padding token: packed fp32
+batches compute that loss together with its gradient in one pass (``curator.scoredloss``), the
+others gather the scored rows with a forward pre-hook and use cross-entropy.
 
 Rows come back in the caller's order and in the layout of ``GradientComputer.reference_gradients``:
 ``lora_parameters`` order (sorted by name), each weight flattened row-major.

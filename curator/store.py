@@ -298,7 +298,7 @@ class GradientStore:
             merged, off = relocate(self, part)
             try:
                 return self._map(merged)[off : off + int(part["rows"])]
-            except FileNotFoundError:
+            except (FileNotFoundError, MissingFileError):  # merged again since: the store keeps changing under this reader
                 raise self.missing(self.vector_file(part)) from None
 
     def _row_table(self, part: dict[str, Any], columns: list[str]) -> Any:
