@@ -50,7 +50,7 @@ def cli(quiet: bool) -> None:
 @click.option("--nonzeros", type=int, default=4, show_default=True, help="Nonzeros per gradient coordinate of the sparse projection.")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences, keeping response tokens first.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per committed batch.")
-@click.option("--tokens-per-batch", type=int, default=None, help="Tokens per batched backward (default 1024): packed without padding on Llama-family models, else length-bucketed and padded.")
+@click.option("--tokens-per-batch", type=int, default=None, help="Tokens per batched backward (default 1024): packed without padding on Llama, Mistral and Qwen2/3 models, else length-bucketed and padded.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="bf16 autocast for the forward pass (faster, cosine ~0.999 to fp32).")
 @click.option("--search", default=None, metavar="TYPE[:K=V,...]", help="Index for --top-k searches: flat (exact; a new store's default), ivf, ivfpq or hnsw, e.g. ivf:nlist=1024,nprobe=32. Omitted: keep the store's. A new type rebuilds the index.")
 @lora_options

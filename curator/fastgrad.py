@@ -11,7 +11,7 @@ the tensors the hooks see, so nothing has to be re-applied.
 
 The batched loss is the SUM over examples of each example's own mean response-token NLL, so
 each example keeps its own normalisation and no gradient mixes across examples. For models
-where it is exact (``curator.packing``: the Llama family, SmolLM2 included) a batch is packed
+where it is exact (``curator.packing``: Llama, SmolLM2 included, Mistral, Qwen2, Qwen3) a batch is packed
 into one row with no padding at all, attention running per example; each example's gradient is
 then the sum over its own segment of the row. Other models get right-padded batches with an
 attention mask; padded positions carry no loss, and their inputs or output-gradients are masked
@@ -222,7 +222,7 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
     lm_head = base.get_output_embeddings()
     row_targets = targets.reshape(-1).index_select(0, rows)
     row_weight = weight.index_select(0, example_of_row)
-    # packed (Llama) fp32 batches: the loss and its gradient in one pass (curator.scoredloss)
+    # packed fp32 batches: the loss and its gradient in one pass (curator.scoredloss)
     fused = packed and dtype == "fp32" and fusable(lm_head)
     handle = None if fused else lm_head.register_forward_pre_hook(gather_rows)
     try:

@@ -10,9 +10,10 @@ example segment by ``_segment_attention``, registered with transformers' ``Atten
 and switched on only while a packed batch is in flight.
 
 That is exact only for models whose every cross-token interaction is that attention, with no
-sliding window, soft-capping or position bias. ``PACKABLE_MODEL_TYPES`` lists the families
-checked against the per-example reference (tests/test_fastgrad.py); every other model keeps
-the padded path.
+soft-capping or position bias (a sliding window is kept: a segment longer than the window gets
+the band mask). ``PACKABLE_MODEL_TYPES`` lists the families checked against the per-example
+reference on small random models (tests/test_fastgrad.py); every other model keeps the padded
+path.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
     from curator.gradients import GradientComputer
 
 ATTENTION_NAME = "curator_packed"
-# Llama (SmolLM2 and the tiny test model): rotary positions from position_ids, plain causal attention.
-PACKABLE_MODEL_TYPES = frozenset({"llama"})
+# Rotary positions from position_ids, per-token layers, causal attention (Mistral's and Qwen's with
+# an optional sliding window): Llama (SmolLM2, the tiny test model), Mistral, Qwen2, Qwen3.
+PACKABLE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 # (start, end) of each example's tokens in the packed row, for the batch in flight
 _SEGMENTS: ContextVar[list[tuple[int, int]] | None] = ContextVar("curator_packed_segments", default=None)
@@ -43,14 +45,20 @@ def _segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     segments = _SEGMENTS.get()
     if segments is None:
         raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside curator.packing.packed_attention")
-    for name in ("sliding_window", "softcap", "position_bias"):
+    for name in ("softcap", "position_bias"):
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"packed batches do not support attention with {name}")
+    window = kwargs.get("sliding_window")
     gqa = query.shape[1] != key.shape[1]
-    parts = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
-        for s, e in segments
-    ]
+    parts = []
+    for s, e in segments:
+        q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
+        if window is not None and e - s > window:  # position i sees j in (i - window, i], as transformers' mask
+            i = torch.arange(e - s)
+            band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+            parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=dropout, scale=scaling, enable_gqa=gqa))
+        else:
+            parts.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -61,7 +69,6 @@ def supports_packing(computer: "GradientComputer") -> bool:
     return (
         getattr(cfg, "model_type", None) in PACKABLE_MODEL_TYPES
         and bool(getattr(base, "_supports_attention_backend", False))
-        and getattr(cfg, "sliding_window", None) is None
         and hasattr(base, "model")
     )
 

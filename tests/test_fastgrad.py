@@ -219,3 +219,37 @@ def test_scored_nll_matches_cross_entropy_and_its_gradient():
     assert fusable(torch.nn.Linear(16, 300, bias=False).requires_grad_(False))
     assert not fusable(torch.nn.Linear(16, 300, bias=False))  # a trainable head needs its own gradient
     assert not fusable(torch.nn.Linear(16, 300).requires_grad_(False))  # a bias
+
+
+def _random_model(family: str, vocab: int, **extra):
+    """A seeded small random model of another packable family, built from its config (no download)."""
+    import transformers
+
+    names = {"mistral": ("MistralConfig", "MistralForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}
+    config_cls, model_cls = (getattr(transformers, n) for n in names[family])
+    config = config_cls(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False, **extra)
+    torch.manual_seed(0)
+    return model_cls(config).eval()
+
+
+@pytest.mark.parametrize(
+    "family,extra",
+    [
+        ("mistral", {"sliding_window": 24}),  # shorter than most examples: the band mask is exercised
+        ("mistral", {"sliding_window": None}),
+        ("qwen2", {}),  # q/k/v with biases
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 24, "max_window_layers": 1, "layer_types": ["full_attention", "sliding_attention"]}),
+        ("qwen3", {}),  # q/k norms
+    ],
+    ids=["mistral-window", "mistral", "qwen2", "qwen2-window", "qwen3"],
+)
+def test_other_packable_families_match_reference(tiny, family, extra):
+    model = _random_model(family, len(tiny.tokenizer), **extra)
+    comp = GradientComputer(model, LoraSettings())
+    randomise_lora_b(comp)
+    assert supports_packing(comp)
+    encs = mixed_examples(tiny.tokenizer)
+    assert max(len(e.input_ids) for e in encs) > 24
+    ref = comp.reference_gradients(encs)
+    assert_matches(comp, per_example_gradients(comp, encs, batch_size=6), ref)
+    assert_matches(comp, per_example_gradients(comp, encs, batch_size=6, packing=False), ref)
