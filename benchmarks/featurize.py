@@ -9,8 +9,9 @@ Prints examples/s for
   (b) the floor: a plain batched forward + loss.backward() over the same length buckets, with no
       per-example work at all (logits at every position, as a training step computes them);
   (b2) the tight floor: (b) with curator's own saving too (the vocabulary projection only at the
-      scored positions), a summed backward to the LoRA weights and still no per-example work, so
-      a/b2 is exactly what the per-example extraction costs;
+      scored positions), a summed backward to the LoRA weights and still no per-example work;
+  (b3) the packed floor, where (a) packs: (b2) over (a)'s own packed batches with its one-pass
+      loss, so a/b3 is exactly what the per-example extraction, projection and writes cost;
   (c) a LESS-style loop: batch size 1, the full per-example gradient (reference_gradients), then
       a blocked dense Rademacher projection (LESS projects with a dense random matrix) and
       normalisation;
@@ -39,7 +40,8 @@ from curator.demo import demo_data_dir
 from curator.encoding import IGNORE_INDEX, Encoded
 from curator.fastgrad import _pad, _pad_id, buckets, per_example_gradients
 from curator.indexing import Featurizer, index_rows
-from curator.packing import supports_packing
+from curator.packing import pack, packed_attention, segment_ids, supports_packing
+from curator.scoredloss import fusable, scored_nll
 from curator.projection import RademacherProjector, normalize
 
 
@@ -105,6 +107,29 @@ def tight_floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
             torch.autograd.grad(loss, params)
 
 
+def packed_floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
+    """(b2) with every saving (a) has: the same packed batches, the one-pass loss, and still a summed backward."""
+    comp = feat.computer
+    params = [p for _, p in comp.params]
+    base = comp.model.get_base_model()
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if feat.dtype == "bf16" else nullcontext
+    for lo in range(0, len(encs), batch):
+        rows = encs[lo : lo + batch]
+        for idx in buckets(rows, tokens_per_batch=feat.tokens_per_batch, packed=True):
+            ids, positions, targets, segments = pack([rows[i] for i in idx])
+            keep = (targets.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+            weight = (1.0 / torch.bincount(segment_ids(segments)[keep]).float())[segment_ids(segments)[keep]]
+            with packed_attention(comp, segments), ctx():
+                hidden = base.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+                h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+            tgt = targets.reshape(-1).index_select(0, keep)
+            if feat.dtype == "fp32" and fusable(base.get_output_embeddings()):
+                loss = scored_nll(h, base.get_output_embeddings().weight, tgt, weight)
+            else:
+                loss = (torch.nn.functional.cross_entropy(base.get_output_embeddings()(h).float(), tgt, reduction="none") * weight).sum()
+            torch.autograd.grad(loss, params)
+
+
 def less_loop(feat: FastFeaturizer, dense: RademacherProjector, encs: list[Encoded], batch: int, seconds: dict[str, float]) -> list[np.ndarray]:
     """LESS-style: one backward per example, the full gradient, then the blocked dense projection of each chunk."""
     out = []
@@ -137,6 +162,8 @@ def main() -> None:
     per_example_gradients(feat.computer, encs[:2], dtype=args.dtype, packing=feat.packing)
     floor(feat, encs[:2], 2)
     tight_floor(feat, encs[:2], 2)
+    if supports_packing(feat.computer):
+        packed_floor(feat, encs[:2], 2)
     feat.computer.reference_gradients(encs[:1])
     dense = RademacherProjector(ProjectionConfig(dim=args.dim, kind="rademacher"), feat.computer.n_params)
     for proj in (feat.projector, dense):  # fills the dense cache when the matrix is small enough to keep
@@ -160,6 +187,9 @@ def main() -> None:
         vecs["c"] = np.concatenate(less_loop(feat, dense, encs, args.batch, less_seconds))
 
     paths = {"b_floor": lambda: floor(feat, encs, args.batch), "b2_tight_floor": lambda: tight_floor(feat, encs, args.batch), "a_curator_index": run_index, "c_less_loop": run_less}
+    packed = supports_packing(feat.computer) if feat.packing is None else feat.packing
+    if packed:
+        paths["b3_packed_floor"] = lambda: packed_floor(feat, encs, args.batch)
     for _ in range(args.repeat):  # interleaved; the best of the repeats counts (the machine is shared)
         for name, fn in paths.items():
             start = time.perf_counter()
@@ -178,7 +208,6 @@ def main() -> None:
     g, p = split["gradients"], split["projection"]
     lengths = [len(e.input_ids) for e in encs]
     print(f"model={args.model} rows={len(encs)} dim={args.dim} batch={args.batch} tokens_per_batch={args.tokens_per_batch or 'default'} dtype={args.dtype} projection={args.projection} lora_params={feat.computer.n_params} mean_tokens={np.mean(lengths):.0f}")
-    packed = supports_packing(feat.computer) if feat.packing is None else feat.packing
     real = sum(lengths)
     padded = sum(max(lengths[lo + i] for i in idx) * len(idx) for lo in range(0, len(encs), args.batch) for idx in buckets(encs[lo : lo + args.batch], tokens_per_batch=args.tokens_per_batch))
     print(f"(a) batches: {'packed into one row each, no padding' if packed else 'padded'}; (b)/(b2) padded batches hold {padded} tokens for {real} real ({1 - real / padded:.0%} padding)")
@@ -188,6 +217,8 @@ def main() -> None:
     print(f"(a) vs (c), gradients alone   = {less_split['gradients'] / g:.3f}")
     print(f"a/b (index vs floor)          = {timings['b_floor'] / a:.3f}")
     print(f"a/b2 (index vs tight floor)   = {timings['b2_tight_floor'] / a:.3f}")
+    if "b3_packed_floor" in timings:
+        print(f"a/b3 (index vs packed floor)  = {timings['b3_packed_floor'] / a:.3f}   (what the per-example work, projection and writes cost)")
     print(f"a/c (index vs LESS loop)      = {timings['c_less_loop'] / a:.3f}")
     if args.projection == "rademacher":  # same matrix: the vectors must agree
         cos = np.sum(vecs["a"] * vecs["c"], axis=1)
