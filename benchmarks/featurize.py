@@ -118,7 +118,8 @@ def packed_floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
         for idx in buckets(rows, tokens_per_batch=feat.tokens_per_batch, packed=True):
             ids, positions, targets, segments = pack([rows[i] for i in idx])
             keep = (targets.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
-            weight = (1.0 / torch.bincount(segment_ids(segments)[keep]).float())[segment_ids(segments)[keep]]
+            example = segment_ids(segments)[keep]
+            weight = (1.0 / torch.bincount(example).float())[example]
             with packed_attention(comp, segments), ctx():
                 hidden = base.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
                 h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)

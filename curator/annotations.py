@@ -52,6 +52,7 @@ import math
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
+from curator.config import is_int
 from curator.errors import InputError
 
 METHODS = ("borda", "mean_rank")
@@ -250,7 +251,7 @@ def _check_row(where: str, row: dict[str, Any]) -> None:
     if unknown:
         raise InputError(f"{where}: field 'ranking' names candidate {unknown[0]!r}, which is not in 'candidates'")
     n = row["n_annotators"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    if not is_int(n) or n < 0:
         raise InputError(f"{where}: field 'n_annotators' is {n!r}: expected an integer >= 0")
     prompt = row["prompt"]
     if not (isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt))):

@@ -127,5 +127,15 @@ class IndexConfig:
 ProgressFn = Callable[[str, int, int], None]
 
 
+def is_int(v: Any) -> bool:
+    """An int option value (a bool is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """An int or float option value that is not a bool or NaN."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
 def no_progress(stage: str, done: int, total: int) -> None:
     """The default progress callback: does nothing."""

@@ -40,6 +40,7 @@ from typing import Any, Iterable
 from curator import __version__
 from curator.annotations import read_pulled, tally_strategies
 from curator.atomic import write_bytes_atomic, write_dir_atomic, write_text_atomic
+from curator.config import is_int
 from curator.errors import InputError
 
 FORMATS = ("sft", "dpo")
@@ -64,7 +65,7 @@ class ExportConfig:
             raise InputError(f"export format {self.fmt!r} is unknown: use one of {', '.join(FORMATS)} (--format)")
         if self.dpo_pairs not in DPO_PAIRS:
             raise InputError(f"DPO pairing {self.dpo_pairs!r} is unknown: use one of {', '.join(DPO_PAIRS)}")
-        if isinstance(self.min_annotators, bool) or not isinstance(self.min_annotators, int) or self.min_annotators < 1:
+        if not is_int(self.min_annotators) or self.min_annotators < 1:
             raise InputError(f"min_annotators={self.min_annotators!r} is invalid: use an integer >= 1 (--min-annotators)")
         if self.min_agreement is not None and not (isinstance(self.min_agreement, (int, float)) and 0.0 <= self.min_agreement <= 1.0):
             raise InputError(f"min_agreement={self.min_agreement!r} is invalid: Kendall's W lies in [0, 1] (--min-agreement)")

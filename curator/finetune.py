@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from curator.alignment import extract_answer
-from curator.config import LoraSettings, ProgressFn, no_progress
+from curator.config import LoraSettings, ProgressFn, is_int, no_progress
 from curator.data import Candidate, EvalItem
 from curator.encoding import IGNORE_INDEX, Encoded, encode
 from curator.errors import InputError
@@ -37,10 +37,6 @@ from curator.gradients import attach_lora, lora_parameters
 from curator.likelihood import response_nll
 from curator.models import LoadedModel
 from curator.sampling import SamplingConfig, sample_outputs
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -56,15 +52,15 @@ class FinetuneConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
-        if not _int(self.steps) or self.steps < 1:
+        if not is_int(self.steps) or self.steps < 1:
             raise InputError(f"--steps {self.steps!r} is invalid: use an integer >= 1")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0 or not math.isfinite(self.lr):
             raise InputError(f"--lr {self.lr!r} is invalid: use a positive learning rate, e.g. 2e-4")
-        if not _int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise InputError(f"--batch-size {self.batch_size!r} is invalid: use an integer >= 1")
-        if self.examples is not None and (not _int(self.examples) or self.examples < 1):
+        if self.examples is not None and (not is_int(self.examples) or self.examples < 1):
             raise InputError(f"--examples {self.examples!r} is invalid: use an integer >= 1, or leave it out to use the smallest strategy's count")
-        if not _int(self.max_length) or self.max_length < 8:
+        if not is_int(self.max_length) or self.max_length < 8:
             raise InputError(f"--max-length {self.max_length!r} is too small: use at least 8")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise InputError(f"warmup_ratio={self.warmup_ratio!r} is invalid: use 0 <= warmup_ratio < 1")
@@ -86,11 +82,11 @@ class EvalConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if not _int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise InputError(f"--max-new-tokens {self.max_new_tokens!r} is invalid: use an integer >= 1")
-        if not _int(self.max_length) or self.max_length < 8:
+        if not is_int(self.max_length) or self.max_length < 8:
             raise InputError(f"--max-length {self.max_length!r} is too small: use at least 8")
-        if not _int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise InputError(f"eval batch_size={self.batch_size!r} is invalid: use an integer >= 1")
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from curator.atomic import write_text_atomic
-from curator.config import ProgressFn, no_progress
+from curator.config import ProgressFn, is_int, is_number, no_progress
 from curator.data import Prompt, content_hash, prompt_text
 from curator.errors import InputError
 from curator.models import LoadedModel
@@ -50,17 +50,17 @@ class SamplingConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if not _is_int(self.k) or self.k < 1:
+        if not is_int(self.k) or self.k < 1:
             raise InputError(f"samples k={self.k!r} is invalid: use an integer >= 1 (--samples)")
-        if not _is_num(self.temperature) or self.temperature < 0:
+        if not is_number(self.temperature) or self.temperature < 0:
             raise InputError(f"temperature={self.temperature!r} is invalid: use a number >= 0, where 0 means greedy decoding (--temperature)")
-        if not _is_num(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise InputError(f"top_p={self.top_p!r} is invalid: use a number with 0 < top_p <= 1 (--top-p)")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens={self.max_new_tokens!r} is invalid: use an integer >= 1 (--max-new-tokens)")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise InputError(f"seed={self.seed!r} is invalid: use an integer (--seed)")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise InputError(f"batch_size={self.batch_size!r} is invalid: use an integer >= 1 (--sample-batch-size)")
         # 0 and 0.0 must give the same cache key
         object.__setattr__(self, "temperature", float(self.temperature))
@@ -78,14 +78,6 @@ class SamplingConfig:
         d = asdict(self)
         del d["batch_size"]
         return d
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 @dataclass

@@ -26,7 +26,7 @@ import numpy as np
 
 from curator import __version__
 from curator.atomic import write_dir_atomic, write_json_atomic
-from curator.config import ProgressFn, no_progress
+from curator.config import ProgressFn, is_int, no_progress
 from curator.data import Candidate, EvalItem, content_hash, load_candidates, load_eval
 from curator.errors import InputError, MismatchError, StoreError
 from curator.finetune import EvalConfig, FinetuneConfig, evaluate, pick_examples, train_lora
@@ -57,7 +57,7 @@ class ValidateConfig:
     prediction: PredictConfig = field(default_factory=PredictConfig)
 
     def __post_init__(self) -> None:
-        if not self.seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in self.seeds):
+        if not self.seeds or any(not is_int(s) for s in self.seeds):
             raise InputError(f"seeds {self.seeds!r} are invalid: give one or more integers (--seeds N, --seed S)")
         if len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"seeds {list(self.seeds)} repeat a seed: give distinct seeds")
