@@ -281,9 +281,8 @@ class GradientStore:
         return self.path / "parts" / f"{part['name']}.npy"
 
     def _map(self, part: dict[str, Any]) -> np.ndarray:
+        """The part's vectors, memory-mapped; MissingFileError (or FileNotFoundError from the map) when it is gone."""
         f = self.vector_file(part)
-        if not f.exists():
-            raise FileNotFoundError(f)
         self._check_file(f, part["vectors_sha256"])
         arr = np.load(f, mmap_mode="c")
         if arr.dtype != np.float16 or arr.shape != (part["rows"], self.dim):
