@@ -2,9 +2,9 @@
 
 Prints examples/s for
   (a) curator's path, end to end (`index_rows` into a temporary store, writes included): batched
-      per-example gradients from hooks (curator.fastgrad) over batches packed without padding
-      (curator.packing; --packing off pads them like (b)) with the loss and its gradient at the
-      scored rows in one pass (curator.scoredloss, fp32 packed), the store's projection (sparse JL by
+      per-example gradients from hooks (curator.gradients.fastgrad) over batches packed without padding
+      (curator.gradients.packing; --packing off pads them like (b)) with the loss and its gradient at the
+      scored rows in one pass (curator.gradients.scoredloss, fp32 packed), the store's projection (sparse JL by
       default; --projection rademacher for the dense one), normalisation;
   (b) the floor: a plain batched forward + loss.backward() over the same length buckets, with no
       per-example work at all (logits at every position, as a training step computes them);
@@ -35,18 +35,18 @@ import numpy as np
 import torch
 
 from curator.config import IndexConfig, ProjectionConfig
-from curator.data import load_candidates
+from curator.io.data import load_candidates
 from curator.demo import demo_data_dir
-from curator.encoding import IGNORE_INDEX, Encoded
-from curator.fastgrad import _pad, _pad_id, buckets, per_example_gradients
-from curator.indexing import Featurizer, index_rows
-from curator.packing import pack, packed_attention, segment_ids, supports_packing
-from curator.scoredloss import fusable, scored_nll
-from curator.projection import RademacherProjector, normalize
+from curator.model.encoding import IGNORE_INDEX, Encoded
+from curator.gradients.fastgrad import _pad, _pad_id, buckets, per_example_gradients
+from curator.influence.indexing import Featurizer, index_rows
+from curator.gradients.packing import pack, packed_attention, segment_ids, supports_packing
+from curator.gradients.scoredloss import fusable, scored_nll
+from curator.gradients.projection import RademacherProjector, normalize
 
 
 class FastFeaturizer(Featurizer):
-    """Featurizer whose vectors come from curator.fastgrad; records where the time goes."""
+    """Featurizer whose vectors come from curator.gradients.fastgrad; records where the time goes."""
 
     def __init__(self, *args: Any, tokens_per_batch: int | None = None, dtype: str = "fp32", packing: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

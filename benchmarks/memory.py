@@ -29,7 +29,7 @@ from pathlib import Path
 OLD_FINALIZE = """
 import io, sys
 import faiss, numpy as np
-from curator.store import GradientStore
+from curator.store.store import GradientStore
 s = GradientStore.open(sys.argv[1])
 parts = [np.load(io.BytesIO(s.read_checked(p, "vectors"))) for p in s.manifest["parts"]]
 vecs = np.concatenate(parts).astype(np.float32)

@@ -1,6 +1,6 @@
 """Projection alternatives on real per-example gradients: speed, JL fidelity, batch independence.
 
-Computes the exact per-example LoRA gradients of --rows demo candidates once (curator.fastgrad,
+Computes the exact per-example LoRA gradients of --rows demo candidates once (curator.gradients.fastgrad,
 fp32), then projects them to --dim with each alternative and prints, for each:
   - examples/s of the projection alone, and its speed-up over the dense matrix regenerated per
     call (the baseline, measured in the same run);
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from curator.config import IndexConfig, ProjectionConfig
-from curator.data import load_candidates
+from curator.io.data import load_candidates
 from curator.demo import demo_data_dir
-from curator.fastgrad import per_example_gradients
-from curator.indexing import Featurizer
-from curator.projection import RademacherProjector, SparseProjector
+from curator.gradients.fastgrad import per_example_gradients
+from curator.influence.indexing import Featurizer
+from curator.gradients.projection import RademacherProjector, SparseProjector
 
 
 def pair_cosines(x: torch.Tensor) -> np.ndarray:

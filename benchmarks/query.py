@@ -32,9 +32,9 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from curator.influence import influence_scores, open_space, task_centroids
-from curator.scan import exact_scores, exact_top_k
-from curator.store import GradientStore
+from curator.influence.scoring import influence_scores, open_space, task_centroids
+from curator.store.scan import exact_scores, exact_top_k
+from curator.store.store import GradientStore
 
 
 def identity(role: str, dim: int) -> dict[str, Any]:

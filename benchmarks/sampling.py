@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from curator.data import load_candidates
+from curator.io.data import load_candidates
 from curator.demo import demo_data_dir
-from curator.sampling import SamplingConfig, SamplingStats, sample_outputs
+from curator.model.sampling import SamplingConfig, SamplingStats, sample_outputs
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from curator.models import load_model
+    from curator.model.models import load_model
 
     loaded = load_model(args.model)
     prompts: dict[str, object] = {}

@@ -109,11 +109,11 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
     """Push CANDIDATES to Argilla: one record per prompt, ranked by curator's scores. Re-pushing updates in place."""
     import pandas as pd
 
-    from curator.data import load_candidates
+    from curator.io.data import load_candidates
     from curator.integrations.argilla.push import check_target, push as run_push
-    from curator.ranking import RankingWeights, rank_candidates
-    from curator.store import GradientStore
-    from curator.tables import read_table
+    from curator.curation.ranking import RankingWeights, rank_candidates
+    from curator.store.store import GradientStore
+    from curator.io.tables import read_table
 
     check_target(dataset, workspace)  # before reading files or reaching the server
     cands = load_candidates(candidates)
@@ -184,7 +184,7 @@ def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url
 @click.option("--pairs", type=click.Choice(["top-vs-each", "top-vs-bottom"]), default="top-vs-each", show_default=True, help="DPO pairs: the top item against each lower one, or top vs bottom.")
 def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], pairs: str) -> None:
     """Export a pulled file as a curated SFT or DPO training set, with a provenance card."""
-    from curator.export import export
+    from curator.curation.export import export
 
     r = export(pulled, fmt, out, min_annotators=min_annotators, min_agreement=min_agreement, strategies=list(strategies) or None, dpo_pairs=pairs)
     dropped = ", ".join(f"{n} by {rule}" for rule, n in r.filtered.items() if n)

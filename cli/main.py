@@ -9,7 +9,7 @@ import click
 from curator import __version__
 from curator.cli.render import CuratorGroup, render_side_by_side, lora_from, lora_options, model_option, progress
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
-from curator.metrics import ALL_METRICS
+from curator.alignment.metrics import ALL_METRICS
 from curator.errors import InputError
 
 
@@ -60,7 +60,7 @@ def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind
 
     Reruns resume: rows already in the store are skipped.
     """
-    from curator.indexing import index_file
+    from curator.influence.indexing import index_file
 
     gradient = GradientConfig(kind=kind, max_length=max_length, checkpoint=str(checkpoint) if checkpoint else None, dtype=dtype, tokens_per_batch=tokens_per_batch)
     config = IndexConfig(model=model, lora=lora_from(kw), projection=ProjectionConfig(dim=dim, seed=seed, kind=str(kw.pop("projection_kind")), nonzeros=int(kw.pop("nonzeros"))), gradient=gradient, batch_size=batch_size)
@@ -100,8 +100,8 @@ def with_stores(f):  # type: ignore[no-untyped-def]
 @click.option("--top-k-out", type=click.Path(path_type=Path), default=None, help="Where to write --top-k rows (default: OUT with .topk before the suffix).")
 def influence(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, top_k: int | None, top_k_out: Path | None) -> None:
     """Score every candidate's influence on each eval task (mean cosine, via FAISS)."""
-    from curator import influence as inf
-    from curator.tables import check_table_path, write_table
+    from curator.influence import scoring as inf
+    from curator.io.tables import check_table_path, write_table
 
     check_table_path(out)
     if top_k is not None and top_k < 1:
@@ -127,9 +127,9 @@ def influence(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, top_k
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 def study(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, baseline: str | None, n_boot: int, seed: int) -> None:
     """The swift study: each strategy's relative influence against a baseline, in-task and cross-task."""
-    from curator import influence as inf
-    from curator.study import run_study, write_report
-    from curator.tables import write_table
+    from curator.influence import scoring as inf
+    from curator.influence.study import run_study, write_report
+    from curator.io.tables import write_table
 
     table = inf.influence_scores(inf.open_space(train, evals))
     result = run_study(table, baseline=baseline, n_boot=n_boot, seed=seed)
@@ -154,7 +154,7 @@ def study(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, baseline:
 @click.pass_context
 def warmup(ctx: click.Context, data: Path, out: Path, model: str, fraction: float, epochs: int, lr: float, batch_size: int, max_length: int, seed: int, **kw: object) -> None:
     """Train LoRA briefly and save checkpoints with Adam state (for --kind adam and multi-checkpoint influence)."""
-    from curator.warmup import WarmupConfig, warmup as run_warmup
+    from curator.gradients.warmup import WarmupConfig, warmup as run_warmup
 
     config = WarmupConfig(fraction=fraction, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed)
     saved = run_warmup(data, out, model=model, lora=lora_from(kw), config=config, progress=progress(ctx))
@@ -178,9 +178,9 @@ def warmup(ctx: click.Context, data: Path, out: Path, model: str, fraction: floa
 @click.pass_context
 def align(ctx: click.Context, data: Path, out: Path, model: str, k: int, metrics: str, temperature: float, top_p: float, max_new_tokens: int, seed: int, sample_batch_size: int, max_length: int, n_demos: int) -> None:
     """Score each candidate in DATA by how closely it matches outputs sampled from the target model."""
-    from curator.align import AlignConfig, align_file
-    from curator.metrics import parse_metrics
-    from curator.sampling import SamplingConfig
+    from curator.alignment.align import AlignConfig, align_file
+    from curator.alignment.metrics import parse_metrics
+    from curator.model.sampling import SamplingConfig
 
     sampling = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=sample_batch_size)
     config = AlignConfig(model=model, metrics=tuple(parse_metrics(metrics)), sampling=sampling, max_length=max_length, n_demos=n_demos)
@@ -200,8 +200,8 @@ def align(ctx: click.Context, data: Path, out: Path, model: str, k: int, metrics
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 def select(scores: Path, out: Path, primary: str, n_boot: int, seed: int) -> None:
     """Pick the strategy whose candidates fit the target model best, from an `align` scores table."""
-    from curator.selection import select_strategy, write_selection_report
-    from curator.tables import read_table
+    from curator.alignment.selection import select_strategy, write_selection_report
+    from curator.io.tables import read_table
 
     result = select_strategy(read_table(scores), n_boot=n_boot, seed=seed, primary=primary)
     paths = write_selection_report(result, out)
@@ -224,8 +224,8 @@ def select(scores: Path, out: Path, primary: str, n_boot: int, seed: int) -> Non
 @click.option("--influence-column", default="influence_max", show_default=True, help="Influence column to use: influence_max, influence_mean or influence:<task>.")
 def rank(scores: Path, out: Path, influence_file: Path | None, w_alignment: float, w_influence: float, influence_column: str) -> None:
     """Rank each prompt's candidates for annotators, from alignment and (optionally) influence, with explanations."""
-    from curator.ranking import RankingWeights, rank_candidates
-    from curator.tables import check_table_path, read_table, write_table
+    from curator.curation.ranking import RankingWeights, rank_candidates
+    from curator.io.tables import check_table_path, read_table, write_table
 
     check_table_path(out)
     weights = RankingWeights(alignment=w_alignment, influence=w_influence, influence_column=influence_column)
@@ -251,7 +251,7 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
     Alignment: align + select. Influence: index + influence + study. Then a ranking per prompt.
     """
     from curator.demo import run_demo
-    from curator.sampling import SamplingConfig
+    from curator.model.sampling import SamplingConfig
 
     r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, align=not no_align, sampling=SamplingConfig(k=k, max_new_tokens=max_new_tokens), progress=progress(ctx))
     click.echo(f"indexed {r.train.rows_total} candidates and {r.eval.rows_total} eval items; {r.train.truncated + r.eval.truncated} truncated")
@@ -310,9 +310,9 @@ def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, m
     perplexity, sappl) gets Spearman's rho and a top-1 check. Reruns skip finished runs.
     """
     from curator.config import LoraSettings
-    from curator.finetune import EvalConfig, FinetuneConfig
-    from curator.validate import ValidateConfig, run_validate
-    from curator.validate_predictors import PredictConfig
+    from curator.validation.finetune import EvalConfig, FinetuneConfig
+    from curator.validation.run import ValidateConfig, run_validate
+    from curator.validation.predictors import PredictConfig
 
     if n_seeds < 1:
         raise InputError(f"--seeds {n_seeds} is invalid: use an integer >= 1 (the number of runs per strategy)")

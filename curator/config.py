@@ -112,13 +112,13 @@ class IndexConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
     batch_size: int = 32
-    search: str | None = None  # search index type (curator.search); None keeps the store's, flat for a new one
+    search: str | None = None  # search index type (curator.store.search); None keeps the store's, flat for a new one
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch_size={self.batch_size} is invalid: use an integer >= 1 (--batch-size)")
         if self.search is not None:
-            from curator.search import parse_search
+            from curator.store.search import parse_search
 
             parse_search(self.search, dim=self.projection.dim)
 

@@ -15,18 +15,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from curator.align import AlignConfig, AlignResult, samples_path, score_candidates
+from curator.alignment.align import AlignConfig, AlignResult, samples_path, score_candidates
 from curator.config import GradientConfig, IndexConfig, ProgressFn, ProjectionConfig, no_progress
-from curator.data import Candidate, EvalItem, load_candidates, load_eval
+from curator.io.data import Candidate, EvalItem, load_candidates, load_eval
 from curator.errors import InputError
-from curator.indexing import Featurizer, IndexResult, index_rows
-from curator.influence import influence_scores, open_space, top_k
-from curator.models import load_model
-from curator.ranking import rank_candidates
-from curator.sampling import SamplingConfig
-from curator.selection import select_strategy, write_selection_report
-from curator.study import run_study, write_report
-from curator.tables import read_table, write_table
+from curator.influence.indexing import Featurizer, IndexResult, index_rows
+from curator.influence.scoring import influence_scores, open_space, top_k
+from curator.model.models import load_model
+from curator.curation.ranking import rank_candidates
+from curator.model.sampling import SamplingConfig
+from curator.alignment.selection import select_strategy, write_selection_report
+from curator.influence.study import run_study, write_report
+from curator.io.tables import read_table, write_table
 
 
 def demo_data_dir() -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curator.models import LoadedModel, load_model
+from curator.model.models import LoadedModel, load_model
 
 
 @pytest.fixture

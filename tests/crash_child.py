@@ -25,8 +25,8 @@ import threading
 from typing import Any, Callable
 
 import curator.cli.main  # noqa: F401  (imported here so the forkserver preloads it)
-import curator.indexing  # noqa: F401
-import curator.align  # noqa: F401
+import curator.influence.indexing  # noqa: F401
+import curator.alignment.align  # noqa: F401
 
 
 def _die() -> None:

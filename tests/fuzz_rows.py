@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import strategies as st
 
-from curator.data import CHAT_ROLES, content_hash
+from curator.io.data import CHAT_ROLES, content_hash
 
 REQUIRED = {"candidates": ("prompt", "response", "strategy"), "eval": ("prompt", "response", "task")}
 OPTIONAL = {"candidates": ("task", "group", "id"), "eval": ("id",)}

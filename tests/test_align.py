@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from curator.align import AlignConfig, align_file, combined_alignment, samples_path, score_candidates
+from curator.alignment.align import AlignConfig, align_file, combined_alignment, samples_path, score_candidates
 from curator.cli.main import cli
-from curator.data import load_candidates
-from curator.models import load_model
-from curator.sampling import SamplingConfig
+from curator.io.data import load_candidates
+from curator.model.models import load_model
+from curator.model.sampling import SamplingConfig
 from tests.conftest import write_jsonl
 
 FAST = ["--model", "tiny-random", "--samples", "2", "--max-new-tokens", "8", "-q"]
@@ -88,7 +88,7 @@ def test_single_strategy_select_says_needs_two(tmp_path: Path):
 
 
 def test_empty_samples_are_excluded_not_zero(tmp_path: Path, small_data, monkeypatch: pytest.MonkeyPatch):
-    import curator.align as align_mod
+    import curator.alignment.align as align_mod
 
     real = align_mod.sample_outputs
 

@@ -9,7 +9,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from curator.alignment import (
+from curator.alignment.similarity import (
     Embedder,
     HiddenStates,
     answer_agreement,
@@ -23,8 +23,8 @@ from curator.alignment import (
     token_f1,
 )
 from curator.errors import InputError
-from curator.metrics import ALIGNMENT_METRICS, ALL_METRICS, parse_metrics
-from curator.models import load_model
+from curator.alignment.metrics import ALIGNMENT_METRICS, ALL_METRICS, parse_metrics
+from curator.model.models import load_model
 
 TEXTS = ["The answer is (B).", "Let's think step by step: 3 + 4 = 7. The answer is 7.", "A cat sat on the mat."]
 

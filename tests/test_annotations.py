@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from curator.annotations import aggregate, fractional_ranks, kendalls_w, rank_groups, summarize, tally_strategies
+from curator.curation.annotations import aggregate, fractional_ranks, kendalls_w, rank_groups, summarize, tally_strategies
 from curator.errors import InputError
 
 SLOTS = {"candidate_1": "a", "candidate_2": "b", "candidate_3": "c", "candidate_4": "d"}

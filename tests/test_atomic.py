@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curator.atomic import _HOST, sweep_stale, write_bytes_atomic, write_dir_atomic
+from curator.io.atomic import _HOST, sweep_stale, write_bytes_atomic, write_dir_atomic
 from tests.helpers import dead_pid
 
 
@@ -34,7 +34,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         fh.write(b"new but partial")
         raise RuntimeError("disk full")
 
-    from curator.atomic import write_atomic
+    from curator.io.atomic import write_atomic
 
     with pytest.raises(RuntimeError):
         write_atomic(target, boom)

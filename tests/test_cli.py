@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from curator.cli.main import cli
-from curator.store import GradientStore
+from curator.store.store import GradientStore
 
 REPO = Path(__file__).resolve().parents[1]
 CURATOR_BIN = REPO / ".venv" / "bin" / "curator"
@@ -362,12 +362,12 @@ def test_stores_with_different_dim_are_refused(stores: dict[str, Path]) -> None:
 
 
 def test_unexpected_exception_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import curator.indexing
+    import curator.influence.indexing
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(curator.indexing, "index_file", boom)
+    monkeypatch.setattr(curator.influence.indexing, "index_file", boom)
     monkeypatch.delenv("CURATOR_DEBUG", raising=False)
     data = write_jsonl(tmp_path / "c.jsonl", candidate_rows())
     r = invoke(["index", str(data), "--out", str(tmp_path / "s"), "--model", "tiny-random"])

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from curator.cli.main import cli
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
 from curator.errors import InputError
-from curator.indexing import index_file
-from curator.influence import influence_scores, open_space
+from curator.influence.indexing import index_file
+from curator.influence.scoring import influence_scores, open_space
 from tests.conftest import write_jsonl
 from tests.test_crash import candidate_rows
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curator.store import GradientStore
+from curator.store.store import GradientStore
 from tests import crash_child
 from tests.conftest import write_jsonl
 
@@ -211,7 +211,7 @@ def export_result(out: Path) -> tuple[Any, str]:
     """An export's rows and its card, with the run-specific parts of the card (time, output name) blanked."""
     import datasets
 
-    from curator.export import card_path
+    from curator.curation.export import card_path
 
     if out.is_dir():
         rows: Any = datasets.load_from_disk(str(out)).to_list()

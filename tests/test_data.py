@@ -1,4 +1,4 @@
-"""Tests for curator.data: loaders for every format, defaults, validation messages, truncation."""
+"""Tests for curator.io.data: loaders for every format, defaults, validation messages, truncation."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from curator.data import Candidate, EvalItem, content_hash, detect_kind, load_candidates, load_eval, read_rows
-from curator.encoding import IGNORE_INDEX, encode, render
+from curator.io.data import Candidate, EvalItem, content_hash, detect_kind, load_candidates, load_eval, read_rows
+from curator.model.encoding import IGNORE_INDEX, encode, render
 from curator.errors import CuratorError, InputError
-from curator.indexing import load_rows
-from curator.models import build_tiny_tokenizer
+from curator.influence.indexing import load_rows
+from curator.model.models import build_tiny_tokenizer
 
 CHAT = [
     {"role": "system", "content": "You are terse."},

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curator.errors import InputError
-from curator.export import card_path, export
+from curator.curation.export import card_path, export
 
 PULLED_AT = "2026-11-21T06:00:00+00:00"
 

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from curator.config import LoraSettings
-from curator.encoding import encode
+from curator.model.encoding import encode
 from curator.errors import InputError
-from curator import packing as packing_mod
-from curator.fastgrad import buckets, iter_per_example_gradients, per_example_gradients
-from curator.gradients import GradientComputer
-from curator.packing import ATTENTION_NAME, pack, packed_attention, segment_ids, supports_packing
+from curator.gradients import packing as packing_mod
+from curator.gradients.fastgrad import buckets, iter_per_example_gradients, per_example_gradients
+from curator.gradients.computer import GradientComputer
+from curator.gradients.packing import ATTENTION_NAME, pack, packed_attention, segment_ids, supports_packing
 
 # None: packed into one row (the default wherever it is exact, as for the tiny Llama); False: padded
 PACKING = pytest.mark.parametrize("packing", [None, False], ids=["packed", "padded"])
@@ -203,7 +203,7 @@ def test_example_without_response_tokens_is_refused(tiny, packing):
 
 
 def test_scored_nll_matches_cross_entropy_and_its_gradient():
-    from curator.scoredloss import fusable, scored_nll
+    from curator.gradients.scoredloss import fusable, scored_nll
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(37, 16, generator=g, requires_grad=True)

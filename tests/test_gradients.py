@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from curator.config import LoraSettings
-from curator.encoding import IGNORE_INDEX, encode
-from curator.gradients import GradientComputer, adam_precondition, lora_parameters
+from curator.model.encoding import IGNORE_INDEX, encode
+from curator.gradients.computer import GradientComputer, adam_precondition, lora_parameters
 
 
 def hand_reference(peft_model, enc) -> torch.Tensor:
@@ -50,7 +50,7 @@ def test_default_lora_targets_and_size(tiny):
 
 
 def test_lora_init_is_seeded(tiny):
-    from curator.models import load_model
+    from curator.model.models import load_model
 
     a = GradientComputer(tiny.model, LoraSettings(seed=3))
     b = GradientComputer(load_model("tiny-random").model, LoraSettings(seed=3))
@@ -145,8 +145,8 @@ def test_adam_preconditioning_matches_formula():
 def test_adam_kind_uses_checkpoint_moments(tmp_path, small_data):
     from safetensors.torch import load_file
 
-    from curator.models import load_model
-    from curator.warmup import WarmupConfig, warmup
+    from curator.model.models import load_model
+    from curator.gradients.warmup import WarmupConfig, warmup
 
     cands, _ = small_data
     ckpts = warmup(cands, tmp_path / "wu", model="tiny-random", config=WarmupConfig(epochs=2, lr=1e-3, batch_size=2, max_length=128))

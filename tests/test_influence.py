@@ -9,11 +9,11 @@ import pytest
 
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
 from curator.errors import InputError, MismatchError
-from curator.indexing import Featurizer, index_file
-from curator.influence import INFLUENCE_PREFIX, influence_scores, open_space, task_centroids, top_k
-from curator.models import load_model
-from curator.store import GradientStore
-from curator.warmup import WarmupConfig, warmup
+from curator.influence.indexing import Featurizer, index_file
+from curator.influence.scoring import INFLUENCE_PREFIX, influence_scores, open_space, task_centroids, top_k
+from curator.model.models import load_model
+from curator.store.store import GradientStore
+from curator.gradients.warmup import WarmupConfig, warmup
 from tests.conftest import write_jsonl
 
 

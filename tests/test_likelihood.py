@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from curator.encoding import encode
+from curator.model.encoding import encode
 from curator.errors import InputError
-from curator.likelihood import demo_chat, perplexity, pick_demos, response_nll, self_aligned_perplexity
-from curator.models import LoadedModel, load_model
+from curator.alignment.likelihood import demo_chat, perplexity, pick_demos, response_nll, self_aligned_perplexity
+from curator.model.models import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")

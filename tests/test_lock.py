@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from curator import lock as lockmod
-from curator.lock import LOCK_FILE, StoreLock, StoreLockedError, read_holder
+from curator.store import lock as lockmod
+from curator.store.lock import LOCK_FILE, StoreLock, StoreLockedError, read_holder
 from tests.helpers import dead_pid
 
 HOLD = """
 import sys, time
-from curator.lock import StoreLock
+from curator.store.lock import StoreLock
 StoreLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

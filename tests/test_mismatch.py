@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from curator.cli.main import cli
-from curator.models import load_model
+from curator.model.models import load_model
 from tests.test_concurrency import eval_rows
 from tests.conftest import write_jsonl
 from tests.test_crash import candidate_rows

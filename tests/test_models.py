@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from curator.errors import ModelError
-from curator.models import load_model
+from curator.model.models import load_model
 
 
 def test_tiny_random_is_seeded_and_has_chat_template():
@@ -29,7 +29,7 @@ def test_fingerprint_changes_with_weights(tmp_path):
 
     a = load_model("tiny-random")
     before = a.fingerprint
-    from curator.models import fingerprint
+    from curator.model.models import fingerprint
 
     with torch.no_grad():
         next(a.model.parameters()).view(-1)[0] += 1e-3
@@ -37,7 +37,7 @@ def test_fingerprint_changes_with_weights(tmp_path):
 
 
 def test_fingerprint_covers_the_chat_template():
-    from curator.models import fingerprint
+    from curator.model.models import fingerprint
 
     a = load_model("tiny-random")
     assert fingerprint(a.model, a.tokenizer) == a.fingerprint

@@ -3,7 +3,7 @@
 Strategy, task, group, record and dataset names below hold ``..``, ``/``, absolute paths, ``~``,
 backslashes, NUL bytes and newlines. The whole pipeline (index, influence, study, align, select,
 rank, export) runs on them, and afterwards every file in the sandbox must lie inside an output the
-command was given. ``safe_name`` and ``inside`` (curator/paths.py) are checked as properties.
+command was given. ``safe_name`` and ``inside`` (curator/io/paths.py) are checked as properties.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curator.cli.main import cli
-from curator.data import Candidate
+from curator.io.data import Candidate
 from curator.errors import InputError
-from curator.paths import MAX_NAME, inside, safe_name
+from curator.io.paths import MAX_NAME, inside, safe_name
 from tests.test_export import cand, row
 
 ESCAPE = "ESCAPED-by-a-name"

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from curator.config import GradientConfig, IndexConfig, LoraSettings, ProjectionConfig
-from curator.data import load_candidates, load_eval
+from curator.io.data import load_candidates, load_eval
 from curator.demo import demo_data_dir
-from curator.encoding import encode
-from curator.gradients import GradientComputer
+from curator.model.encoding import encode
+from curator.gradients.computer import GradientComputer
 from curator.errors import InputError
-from curator.indexing import Featurizer
-from curator.projection import BLOCK_ROWS, Projector, RademacherProjector, SparseProjector, normalize, sparse_block_bounds
+from curator.influence.indexing import Featurizer
+from curator.gradients.projection import BLOCK_ROWS, Projector, RademacherProjector, SparseProjector, normalize, sparse_block_bounds
 from tests.helpers import pairwise_cos, spearman
 
 

@@ -1,4 +1,4 @@
-"""Tests for curator.ranking: one explained ranking of each prompt's candidates."""
+"""Tests for curator.curation.ranking: one explained ranking of each prompt's candidates."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from curator.errors import InputError
-from curator.ranking import OUTPUT_COLUMNS, RankingWeights, explain, rank_candidates
-from curator.stats import zscore
+from curator.curation.ranking import OUTPUT_COLUMNS, RankingWeights, explain, rank_candidates
+from curator.io.stats import zscore
 
 
 def scores() -> pd.DataFrame:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from curator.encoding import render
+from curator.model.encoding import render
 from curator.errors import InputError
-from curator.models import LoadedModel, load_model
-from curator.sampling import (
+from curator.model.models import LoadedModel, load_model
+from curator.model.sampling import (
     SamplingConfig,
     SamplingStats,
     _pick,
@@ -174,7 +174,7 @@ def test_rows_stop_at_a_stop_token_and_other_rows_are_unaffected(loaded):
 
 
 def test_empty_samples_are_counted(loaded, monkeypatch):
-    monkeypatch.setattr("curator.sampling.stop_token_ids", lambda _: set(range(len(loaded.tokenizer))))
+    monkeypatch.setattr("curator.model.sampling.stop_token_ids", lambda _: set(range(len(loaded.tokenizer))))
     stats = SamplingStats()
     out = sample_outputs(loaded, {"a": "x", "b": "y"}, SamplingConfig(k=2, max_new_tokens=4), stats=stats)
     assert out == {"a": ["", ""], "b": ["", ""]} and stats.empty == 4

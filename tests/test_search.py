@@ -10,12 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from curator import scan, search
+from curator.store import scan
+from curator.store import search
 from curator.cli.main import cli
 from curator.errors import InputError, StoreError
-from curator.influence import influence_scores, open_space, top_k
-from curator.search import ApproxSearcher, ExactSearcher, parse_search
-from curator.store import GradientStore
+from curator.influence.scoring import influence_scores, open_space, top_k
+from curator.store.search import ApproxSearcher, ExactSearcher, parse_search
+from curator.store.store import GradientStore
 from tests.conftest import write_jsonl
 
 D = 32

@@ -1,4 +1,4 @@
-"""Tests for curator.selection: picking a generation strategy from alignment scores, no training."""
+"""Tests for curator.alignment.selection: picking a generation strategy from alignment scores, no training."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from curator.errors import InputError
-from curator.selection import NEEDS_TWO, select_strategy, write_selection_report
+from curator.alignment.selection import NEEDS_TWO, select_strategy, write_selection_report
 
 STRATEGIES = ("direct", "cot", "clarify", "self-eval")
 

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from curator.config import IndexConfig, ProjectionConfig
-from curator.data import load_candidates, load_eval
+from curator.io.data import load_candidates, load_eval
 from curator.demo import demo_data_dir, run_demo
-from curator.indexing import Featurizer
-from curator.projection import Projector
+from curator.influence.indexing import Featurizer
+from curator.gradients.projection import Projector
 from tests.helpers import pairwise_cos, spearman
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_pipeline_on_smollm2(tmp_path):
-    from curator.sampling import SamplingConfig
+    from curator.model.sampling import SamplingConfig
 
     r = run_demo(tmp_path / "demo", model="smollm2-135m", dim=2048, tasks=2, probes=2, sampling=SamplingConfig(k=2, max_new_tokens=48))
     assert (r.train.rows_total, r.eval.rows_total) == (16, 4)
@@ -61,8 +61,8 @@ def test_packed_gradients_match_reference_on_smollm2():
     """The default (packed, no padding) per-example gradients of SmolLM2 against the batch-1 oracle."""
     import torch
 
-    from curator.fastgrad import per_example_gradients
-    from curator.packing import supports_packing
+    from curator.gradients.fastgrad import per_example_gradients
+    from curator.gradients.packing import supports_packing
 
     feat = Featurizer(IndexConfig(model="smollm2-135m"))
     encs = [feat.encode(r) for r in load_candidates(demo_data_dir() / "candidates.jsonl")[:4]]

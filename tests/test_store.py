@@ -9,9 +9,9 @@ import pytest
 
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
 from curator.errors import MismatchError, StoreError
-from curator.indexing import Featurizer, index_file, index_rows, load_rows
-from curator.models import load_model
-from curator.store import GradientStore
+from curator.influence.indexing import Featurizer, index_file, index_rows, load_rows
+from curator.model.models import load_model
+from curator.store.store import GradientStore
 
 
 def identity(dim: int = 8, fp: str = "abc", seed: int = 0) -> dict:
@@ -149,7 +149,7 @@ def test_bf16_store_records_dtype_and_refuses_fp32_resume(tmp_path, small_data):
 
 
 def test_one_writer_at_a_time_and_a_closed_store_reopens(tmp_path):
-    from curator.lock import StoreLockedError
+    from curator.store.lock import StoreLockedError
 
     s = GradientStore.create_or_resume(tmp_path / "s", identity())
     with pytest.raises(StoreLockedError, match="the store is being written by pid"):
@@ -181,7 +181,7 @@ def _files(path) -> list[str]:
 
 def test_small_parts_roll_up_as_rows_arrive_and_at_finalize(tmp_path, monkeypatch):
     """Per-batch parts merge once they hold ROLLUP_BYTES; the store keeps every row and float16 bit."""
-    from curator import parts
+    from curator.store import parts
 
     monkeypatch.setattr(parts, "ROLLUP_BYTES", 10 * 8 * 2)  # 10 rows of dim 8
     s = GradientStore.create_or_resume(tmp_path / "s", identity())

@@ -1,4 +1,4 @@
-"""Tests for curator.study: the swift study of strategies by relative influence."""
+"""Tests for curator.influence.study: the swift study of strategies by relative influence."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from curator.errors import InputError
-from curator.study import eval_tasks, run_study, write_report
+from curator.influence.study import eval_tasks, run_study, write_report
 
 
 def _row(cid: str, strategy: str, task: str | None, group: str, a: float, b: float) -> dict:
@@ -225,6 +225,6 @@ def test_single_eval_task_has_no_cross_task() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, curator.study; print(sorted(m for m in ('click', 'argilla', 'curator.cli', 'matplotlib') if m in sys.modules))"
+    code = "import sys, curator.influence.study; print(sorted(m for m in ('click', 'argilla', 'curator.cli', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -16,14 +16,14 @@ import torch
 from click.testing import CliRunner
 
 from curator.cli.main import cli
-from curator.data import load_eval
-from curator.encoding import encode
+from curator.io.data import load_eval
+from curator.model.encoding import encode
 from curator.errors import InputError, MismatchError
-from curator.finetune import EvalConfig, FinetuneConfig, batch_loss, evaluate
-from curator.models import LoadedModel, load_model
-from curator.validate import ValidateConfig, run_validate
-from curator.validate_predictors import IN_TASK, PredictConfig, predictor_table, read_reports
-from curator.validate_report import average_ranks, compare, spearman, top1
+from curator.validation.finetune import EvalConfig, FinetuneConfig, batch_loss, evaluate
+from curator.model.models import LoadedModel, load_model
+from curator.validation.run import ValidateConfig, run_validate
+from curator.validation.predictors import IN_TASK, PredictConfig, predictor_table, read_reports
+from curator.validation.report import average_ranks, compare, spearman, top1
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,7 +223,7 @@ def test_predictions_read_from_report_folders(planted: dict[str, Any]) -> None:
 
 CHILD = """
 import os, signal, sys
-from curator.validate import run_validate
+from curator.validation.run import run_validate
 from tests.test_validate import planted_config
 
 def progress(stage, done, total):

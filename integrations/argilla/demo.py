@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from curator.config import ProgressFn, no_progress
-from curator.data import load_candidates
+from curator.io.data import load_candidates
 from curator.demo import DemoResult, demo_data_dir
 from curator.integrations.argilla.client import connect
 from curator.integrations.argilla.push import PushResult, push
 from curator.integrations.argilla.server import ServerInfo, serve
-from curator.ranking import rank_candidates
-from curator.store import GradientStore
-from curator.tables import read_table
+from curator.curation.ranking import rank_candidates
+from curator.store.store import GradientStore
+from curator.io.tables import read_table
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from curator.errors import InputError
-from curator.paths import safe_name
+from curator.io.paths import safe_name
 from curator.integrations.argilla.client import RetryPolicy, with_retry
 from curator.integrations.argilla.mapping import AGENT, BEST, RANKING, VECTOR, describe, n_slots_of, slot, slot_candidates, suggestion_score
 from curator.integrations.argilla.pull import record_metadata as _metadata

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from curator import __version__
-from curator.data import Candidate, content_hash
+from curator.io.data import Candidate, content_hash
 from curator.errors import InputError, MismatchError
-from curator.ranking import RankingWeights
+from curator.curation.ranking import RankingWeights
 
 PROMPT = "prompt"
 SLOT = "candidate_"

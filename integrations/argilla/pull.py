@@ -2,7 +2,7 @@
 
 Every record comes back: submitted ones with every annotator's ranking, the aggregated ranking
 (Borda or mean rank) and Kendall's W; discarded and pending ones with their status. The file's
-schema is documented in ``curator.annotations``.
+schema is documented in ``curator.curation.annotations``.
 
 Records are read as the SDK's record *models* (``client.api.records.list``, paged), not as
 ``dataset.records(...)`` objects, for two reasons found on SDK 2.8.0: the public ``Response``
@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from curator import __version__
-from curator.annotations import METHODS, PULLED_FORMAT, aggregate, summarize, tally_strategies
+from curator.curation.annotations import METHODS, PULLED_FORMAT, aggregate, summarize, tally_strategies
 from curator.config import ProgressFn, no_progress
 from curator.errors import InputError
-from curator.export import write_rows
+from curator.curation.export import write_rows
 from curator.integrations.argilla.client import ArgillaError, RetryPolicy, connect, not_a_member, with_retry
 from curator.integrations.argilla.mapping import BEST, COMMENT, PROMPT, RANKING, SLOT, SLOT_FLOATS, describe, n_slots_of, slot_candidates
 from curator.integrations.argilla.push import find_dataset

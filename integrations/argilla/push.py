@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 
 from curator.config import ProgressFn, no_progress
-from curator.data import Candidate
+from curator.io.data import Candidate
 from curator.errors import InputError
 from curator.integrations.argilla.client import RetryPolicy, connect, not_a_member, with_retry
 from curator.integrations.argilla.mapping import RANKING, check_compatible, check_name, describe, group_candidates, group_vectors, plan_records, settings_for, spec_for, to_record
-from curator.ranking import RankingWeights
+from curator.curation.ranking import RankingWeights
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def push(
 ) -> PushResult:
     """Push one record per prompt group of ``candidates`` to ``workspace``/``dataset``.
 
-    ``ranking`` is the table from ``curator.ranking.rank_candidates`` (suggestions and score
+    ``ranking`` is the table from ``curator.curation.ranking.rank_candidates`` (suggestions and score
     metadata; None pushes without them). ``store`` is a ``GradientStore`` of the candidates (the
     record vectors; None pushes without). ``client`` defaults to ``connect()`` from the environment.
     ``annotators`` sets the dataset's task distribution (submitted responses a record needs before

@@ -257,11 +257,11 @@ def screenshot(page: Page, path: Path) -> bytes:
 def ranking_with_influence(demo: dict[str, Any], tmp: Path) -> Any:
     """The demo set's ranking, with real influence from the tiny model (so every score metadata is filled)."""
     from curator.config import GradientConfig, IndexConfig, ProjectionConfig
-    from curator.data import load_candidates, load_eval
+    from curator.io.data import load_candidates, load_eval
     from curator.demo import demo_data_dir, subset
-    from curator.indexing import Featurizer, index_rows
-    from curator.influence import influence_scores, open_space
-    from curator.ranking import rank_candidates
+    from curator.influence.indexing import Featurizer, index_rows
+    from curator.influence.scoring import influence_scores, open_space
+    from curator.curation.ranking import rank_candidates
 
     d = demo_data_dir()
     _, evals = subset(load_candidates(d / "candidates.jsonl"), load_eval(d / "eval.jsonl"), 2, 3)

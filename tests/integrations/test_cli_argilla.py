@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from curator.cli.main import cli
-from curator.data import load_candidates
+from curator.io.data import load_candidates
 
 from .test_roundtrip import make_annotator, respond, server_count
 
@@ -81,7 +81,7 @@ def records_by_group(client: Any, name: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """candidates (3 groups × 4 strategies, and a 3-strategy variant), align scores, stores, influence."""
-    from curator.data import load_eval
+    from curator.io.data import load_eval
     from curator.demo import demo_data_dir, subset
 
     d = tmp_path_factory.mktemp("cli-inputs")

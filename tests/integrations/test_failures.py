@@ -38,7 +38,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from curator.cli.main import cli
-from curator.data import Candidate
+from curator.io.data import Candidate
 from curator.integrations.argilla.mapping import plan_records, spec_for
 from curator.integrations.argilla.server import serve, stop
 

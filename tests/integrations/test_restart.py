@@ -32,11 +32,11 @@ import pytest
 from click.testing import CliRunner
 
 from curator.cli.main import cli
-from curator.data import Candidate, load_candidates
+from curator.io.data import Candidate, load_candidates
 from curator.integrations.argilla.mapping import RANKING, plan_records, spec_for
 from curator.integrations.argilla.server import serve, stop
-from curator.ranking import rank_candidates
-from curator.tables import read_table
+from curator.curation.ranking import rank_candidates
+from curator.io.tables import read_table
 
 from .test_roundtrip import server_count
 

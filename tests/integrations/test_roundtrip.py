@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curator.data import Candidate
+from curator.io.data import Candidate
 from curator.errors import CuratorError, InputError
-from curator.export import export
+from curator.curation.export import export
 from curator.integrations.argilla import mapping
 from curator.integrations.argilla.client import ArgillaAuthError, ArgillaError, connect, with_retry
 from curator.integrations.argilla.mapping import DatasetMismatchError, check_compatible, plan_records, reduce_vector, spec_for
 from curator.integrations.argilla.pull import pull
 from curator.integrations.argilla.push import ensure_workspace, push
-from curator.ranking import rank_candidates
+from curator.curation.ranking import rank_candidates
 
 STRATEGIES = ["direct", "cot", "clarify", "evaluate"]  # slot order = the order strategies first appear
 
@@ -39,10 +39,10 @@ STRATEGIES = ["direct", "cot", "clarify", "evaluate"]  # slot order = the order 
 def demo_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """6 demo groups × 4 strategies (the last group lacks 'evaluate'), a tiny store, a ranking."""
     from curator.config import GradientConfig, IndexConfig, ProjectionConfig
-    from curator.data import load_candidates, load_eval
+    from curator.io.data import load_candidates, load_eval
     from curator.demo import demo_data_dir, subset
-    from curator.indexing import Featurizer, index_rows
-    from curator.store import GradientStore
+    from curator.influence.indexing import Featurizer, index_rows
+    from curator.store.store import GradientStore
 
     d = demo_data_dir()
     cands, _ = subset(load_candidates(d / "candidates.jsonl"), load_eval(d / "eval.jsonl"), 2, 3)

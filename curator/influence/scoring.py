@@ -9,7 +9,7 @@ The weighted sum over checkpoints equals one inner product between concatenated 
 checkpoint's block scaled by sqrt(weight), which is how several stores are searched at once.
 
 Centroid scores are always exact: every candidate against every task centroid, as one matrix
-product over chunks of the memory-mapped stored vectors (curator.scan), never a k=N heap
+product over chunks of the memory-mapped stored vectors (curator.store.scan), never a k=N heap
 search and never all vectors in memory. ``top_k`` uses the train store's search index: exact
 FAISS search by default, or the approximate index chosen with ``curator index --search``
 (single checkpoint only; several checkpoints are always searched exactly).
@@ -24,9 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from curator import scan, search
+from curator.store import scan
+from curator.store import search
 from curator.errors import InputError, MismatchError
-from curator.store import COMPARABLE_FIELDS, GradientStore, compare_manifests
+from curator.store.store import COMPARABLE_FIELDS, GradientStore, compare_manifests
 
 INFLUENCE_PREFIX = "influence:"
 

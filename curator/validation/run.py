@@ -1,10 +1,10 @@
 """`curator validate`: check the predicted strategy rankings against real fine-tuning runs.
 
 For each strategy (and seed), a fresh LoRA adapter is fine-tuned on that strategy's candidates
-with the same budget (``curator.finetune``), then the eval set is measured. The base model is
+with the same budget (``curator.validation.finetune``), then the eval set is measured. The base model is
 measured once. The measured ranking is then set beside every predicted one (influence in-task and
-cross-task, each alignment metric, perplexity, sappl; ``curator.validate_predictors``) with
-Spearman's rho and top-1 (``curator.validate_report``).
+cross-task, each alignment metric, perplexity, sappl; ``curator.validation.predictors``) with
+Spearman's rho and top-1 (``curator.validation.report``).
 
 Layout of ``OUT`` (resumable: a finished run is never redone):
 
@@ -25,17 +25,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from curator import __version__
-from curator.atomic import write_dir_atomic, write_json_atomic
+from curator.io.atomic import write_dir_atomic, write_json_atomic
 from curator.config import ProgressFn, is_int, no_progress
-from curator.data import Candidate, EvalItem, content_hash, load_candidates, load_eval
+from curator.io.data import Candidate, EvalItem, content_hash, load_candidates, load_eval
 from curator.errors import InputError, MismatchError, StoreError
-from curator.finetune import EvalConfig, FinetuneConfig, evaluate, pick_examples, train_lora
-from curator.models import DEFAULT_MODEL, LoadedModel, load_model
-from curator.paths import safe_name
-from curator.alignment import extract_answer
-from curator.stats import finite_or_none
-from curator.validate_predictors import PredictConfig, gather
-from curator.validate_report import compare, ranking, write_validation_report
+from curator.validation.finetune import EvalConfig, FinetuneConfig, evaluate, pick_examples, train_lora
+from curator.model.models import DEFAULT_MODEL, LoadedModel, load_model
+from curator.io.paths import safe_name
+from curator.alignment.similarity import extract_answer
+from curator.io.stats import finite_or_none
+from curator.validation.predictors import PredictConfig, gather
+from curator.validation.report import compare, ranking, write_validation_report
 
 FORMAT_VERSION = 1
 MEASURES = ("loss", "accuracy")

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curator.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from curator.io.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from curator.errors import InputError
-from curator.figures import closing, png, pyplot
-from curator.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
-from curator.stats import finite_or_none
+from curator.io.figures import closing, png, pyplot
+from curator.alignment.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from curator.io.stats import finite_or_none
 
 FORMAT_VERSION = 1
 # Display order, and the fallback order for the deciding metric: combined alignment, the single

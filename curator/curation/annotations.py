@@ -260,7 +260,7 @@ def _check_row(where: str, row: dict[str, Any]) -> None:
 
 def read_pulled(path: Any) -> list[tuple[str, dict[str, Any]]]:
     """Rows of a pulled file (JSONL, Parquet, JSON or a datasets folder) as (location, row), validated."""
-    from curator.data import read_rows
+    from curator.io.data import read_rows
 
     rows = read_rows(path)
     for where, row in rows:

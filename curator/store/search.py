@@ -2,7 +2,7 @@
 
 Exact (``flat``, the default): the store's float16 vector parts are the index; no second copy is
 written. Exact top-k is FAISS inner-product search over chunks of the memory-mapped parts
-(curator.scan), and centroid scores are always computed exactly there too. Nothing ever holds
+(curator.store.scan), and centroid scores are always computed exactly there too. Nothing ever holds
 all the vectors as float32.
 
 Approximate (``ivf``, ``ivfpq``, ``hnsw``): a FAISS IndexIVFFlat, IndexIVFPQ or IndexHNSWFlat with
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from curator.atomic import write_atomic
+from curator.io.atomic import write_atomic
 from curator.errors import InputError
-from curator.scan import exact_top_k, scan
+from curator.store.scan import exact_top_k, scan
 
 if TYPE_CHECKING:
-    from curator.store import GradientStore
+    from curator.store.store import GradientStore
 
 SEARCH_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 PARAMS: dict[str, tuple[str, ...]] = {

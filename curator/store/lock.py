@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from curator.atomic import pid_alive
+from curator.io.atomic import pid_alive
 from curator.errors import CuratorRuntimeError
 
 LOCK_FILE = "writer.lock"

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from curator.encoding import Encoded
+from curator.model.encoding import Encoded
 
 if TYPE_CHECKING:
-    from curator.gradients import GradientComputer
+    from curator.gradients.computer import GradientComputer
 
 ATTENTION_NAME = "curator_packed"
 # Rotary positions from position_ids, per-token layers, causal attention (Mistral's and Qwen's with
@@ -44,7 +44,7 @@ def _segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     """Causal SDPA within each example segment of a packed row; [1, L, heads, head_dim] out."""
     segments = _SEGMENTS.get()
     if segments is None:
-        raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside curator.packing.packed_attention")
+        raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside curator.gradients.packing.packed_attention")
     for name in ("softcap", "position_bias"):
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"packed batches do not support attention with {name}")

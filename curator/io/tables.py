@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curator.atomic import write_bytes_atomic
+from curator.io.atomic import write_bytes_atomic
 from curator.errors import InputError
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")

@@ -4,7 +4,7 @@ The alignment score of a candidate (SPPL, "Efficient Response Generation Method 
 Fine-Tuning LLMs") is its similarity to outputs the target model itself produces for the prompt.
 This module draws those outputs:
 
-- prompts are rendered exactly like the prompt side of ``curator.encoding.render``;
+- prompts are rendered exactly like the prompt side of ``curator.model.encoding.render``;
 - generation runs in left-padded batches with a KV cache; each prompt is prefilled once and its
   cache is repeated for its k sample rows, and rows that hit a stop token leave the batch;
 - every row draws its random numbers from its own generator, seeded from (seed, prompt hash,
@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from curator.atomic import write_text_atomic
+from curator.io.atomic import write_text_atomic
 from curator.config import ProgressFn, is_int, is_number, no_progress
-from curator.data import Prompt, content_hash, prompt_text
+from curator.io.data import Prompt, content_hash, prompt_text
 from curator.errors import InputError
-from curator.models import LoadedModel
+from curator.model.models import LoadedModel
 
 FORMAT_VERSION = 1
 CHATML_END = "<|im_end|>"

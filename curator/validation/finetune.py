@@ -6,12 +6,12 @@ candidates), optimizer steps, batch size, learning rate, LoRA settings and seed.
 
 Training is a plain loop with peft LoRA and AdamW (linear warm-up, then linear decay to zero).
 The loss is the response-only mean cross-entropy of each example (prompt tokens are masked, as
-in ``curator.encoding``), averaged over the batch; batches are right-padded with an attention
+in ``curator.model.encoding``), averaged over the batch; batches are right-padded with an attention
 mask. Evaluation measures, on the eval set:
 
 - ``loss``: the mean over eval items of each item's mean response-token NLL (nats), with exactly
   the tokens and labels that the gradients use; lower is better;
-- ``accuracy``: greedy generation, then the final answer (``curator.alignment.extract_answer``)
+- ``accuracy``: greedy generation, then the final answer (``curator.alignment.similarity.extract_answer``)
   compared with the reference's. Only items whose reference has an extractable answer count.
 """
 
@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curator.alignment import extract_answer
+from curator.alignment.similarity import extract_answer
 from curator.config import LoraSettings, ProgressFn, is_int, no_progress
-from curator.data import Candidate, EvalItem
-from curator.encoding import IGNORE_INDEX, Encoded, encode
+from curator.io.data import Candidate, EvalItem
+from curator.model.encoding import IGNORE_INDEX, Encoded, encode
 from curator.errors import InputError
-from curator.gradients import attach_lora, lora_parameters
-from curator.likelihood import response_nll
-from curator.models import LoadedModel
-from curator.sampling import SamplingConfig, sample_outputs
+from curator.gradients.computer import attach_lora, lora_parameters
+from curator.alignment.likelihood import response_nll
+from curator.model.models import LoadedModel
+from curator.model.sampling import SamplingConfig, sample_outputs
 
 
 @dataclass(frozen=True)

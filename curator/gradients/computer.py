@@ -8,7 +8,7 @@ init, no dropout), of the mean cross-entropy over response tokens. Two kinds:
   v' = b2*v + (1-b2)*g², from the Adam moments (m, v) saved in a warm-up checkpoint.
 
 ``reference_gradients`` is the plain, exact per-example loop (batch size 1, one backward per
-example). It is the oracle that the batched path (``curator.fastgrad``, used by ``gradients``)
+example). It is the oracle that the batched path (``curator.gradients.fastgrad``, used by ``gradients``)
 must match.
 """
 
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from curator.config import LoraSettings
-from curator.encoding import IGNORE_INDEX, Encoded
+from curator.model.encoding import IGNORE_INDEX, Encoded
 from curator.errors import InputError, MismatchError
-from curator.fastgrad import per_example_gradients
+from curator.gradients.fastgrad import per_example_gradients
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 CHECKPOINT_FILE = "checkpoint.json"

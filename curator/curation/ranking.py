@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from curator.errors import InputError
-from curator.stats import finite_or_none, zscore
-from curator.influence import INFLUENCE_PREFIX
+from curator.io.stats import finite_or_none, zscore
+from curator.influence.scoring import INFLUENCE_PREFIX
 
 OUTPUT_COLUMNS = ["id", "group", "strategy", "task", "rank", "score", "alignment", "influence", "best_influence_task", "explanation"]
 REQUIRED_SCORE_COLUMNS = ("id", "strategy", "group")

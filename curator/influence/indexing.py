@@ -16,13 +16,13 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from curator.config import IndexConfig, ProgressFn, no_progress
-from curator.data import Candidate, EvalItem, kind_of, load_candidates, load_eval, read_rows
-from curator.encoding import Encoded, encode
+from curator.io.data import Candidate, EvalItem, kind_of, load_candidates, load_eval, read_rows
+from curator.model.encoding import Encoded, encode
 from curator.errors import InputError
-from curator.gradients import GradientComputer
-from curator.models import LoadedModel, load_model
-from curator.projection import BLOCK_ROWS, Projector, normalize
-from curator.store import GradientStore
+from curator.gradients.computer import GradientComputer
+from curator.model.models import LoadedModel, load_model
+from curator.gradients.projection import BLOCK_ROWS, Projector, normalize
+from curator.store.store import GradientStore
 
 Row = Union[Candidate, EvalItem]
 ROLES = ("candidates", "eval")

@@ -4,9 +4,9 @@ For each prompt group, k outputs are sampled from the target model (cached next 
 file). Each candidate then gets every requested metric:
 
 - alignment metrics (higher = closer to what the model itself would say): ``embedding``,
-  ``hidden``, ``rouge-l``, ``token-f1``, ``answer`` (see ``curator.alignment``);
+  ``hidden``, ``rouge-l``, ``token-f1``, ``answer`` (see ``curator.alignment.similarity``);
 - likelihood metrics (lower = better), for comparison: ``perplexity`` and ``sappl``
-  (self-aligned perplexity; see ``curator.likelihood``);
+  (self-aligned perplexity; see ``curator.alignment.likelihood``);
 
 plus ``alignment``: the mean of the z-scores (across all candidates) of the requested alignment
 metrics, so metrics on different scales count equally. Likelihood metrics are not part of it.
@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curator.alignment import Embedder, HiddenStates, non_empty, score_alignment
+from curator.alignment.similarity import Embedder, HiddenStates, non_empty, score_alignment
 from curator.config import ProgressFn, no_progress
-from curator.data import Candidate, Prompt, load_candidates
+from curator.io.data import Candidate, Prompt, load_candidates
 from curator.errors import InputError
-from curator.metrics import ALIGNMENT_METRICS, ALL_METRICS
-from curator.likelihood import perplexity, self_aligned_perplexity
-from curator.models import LoadedModel, load_model
-from curator.stats import zscore
-from curator.sampling import SamplingConfig, SamplingStats, sample_outputs
-from curator.tables import check_table_path, write_table
+from curator.alignment.metrics import ALIGNMENT_METRICS, ALL_METRICS
+from curator.alignment.likelihood import perplexity, self_aligned_perplexity
+from curator.model.models import LoadedModel, load_model
+from curator.io.stats import zscore
+from curator.model.sampling import SamplingConfig, SamplingStats, sample_outputs
+from curator.io.tables import check_table_path, write_table
 
 DEFAULT_METRICS = ALL_METRICS
 

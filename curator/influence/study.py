@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curator.atomic import write_bytes_atomic
+from curator.io.atomic import write_bytes_atomic
 from curator.errors import InputError
-from curator.figures import closing, png, pyplot
-from curator.influence import INFLUENCE_PREFIX
-from curator.stats import finite_or_none
+from curator.io.figures import closing, png, pyplot
+from curator.influence.scoring import INFLUENCE_PREFIX
+from curator.io.stats import finite_or_none
 
 FORMAT_VERSION = 1
 REQUIRED_COLUMNS = ("id", "strategy", "task", "group")

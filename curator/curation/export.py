@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from curator import __version__
-from curator.annotations import read_pulled, tally_strategies
-from curator.atomic import write_bytes_atomic, write_dir_atomic, write_text_atomic
+from curator.curation.annotations import read_pulled, tally_strategies
+from curator.io.atomic import write_bytes_atomic, write_dir_atomic, write_text_atomic
 from curator.config import is_int
 from curator.errors import InputError
 

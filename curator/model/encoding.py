@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from curator.data import Prompt, prompt_text
+from curator.io.data import Prompt, prompt_text
 
 IGNORE_INDEX = -100
 

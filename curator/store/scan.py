@@ -21,7 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from curator.store import GradientStore
+    from curator.store.store import GradientStore
 
 T = TypeVar("T")
 CHUNK_BYTES = 8 << 20  # float32 rows converted at a time

@@ -3,10 +3,10 @@
 Predictors, one score per strategy each, oriented so the report knows which way is better:
 
 - ``influence in-task`` / ``influence cross-task``: the swift study's paired relative influence
-  against its baseline (the baseline scores 0); higher is better (``curator.study``);
+  against its baseline (the baseline scores 0); higher is better (``curator.influence.study``);
 - every metric of the selection report: ``alignment`` (combined), ``embedding``, ``hidden``,
   ``rouge-l``, ``token-f1``, ``answer`` (higher is better), ``perplexity`` and ``sappl``
-  (self-aligned perplexity; lower is better) (``curator.selection``).
+  (self-aligned perplexity; lower is better) (``curator.alignment.selection``).
 
 Reports come from ``--predictions`` paths (a study or selection ``report.json``, a folder holding
 one, or a ``curator demo --out`` folder holding ``study/`` and ``selection/``). What is still
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from curator.config import GradientConfig, IndexConfig, ProgressFn, ProjectionConfig, no_progress
-from curator.data import Candidate, EvalItem
+from curator.io.data import Candidate, EvalItem
 from curator.errors import InputError
-from curator.metrics import ALL_METRICS, parse_metrics
-from curator.models import LoadedModel
-from curator.selection import METRIC_MEANING, METRIC_ORDER
+from curator.alignment.metrics import ALL_METRICS, parse_metrics
+from curator.model.models import LoadedModel
+from curator.alignment.selection import METRIC_MEANING, METRIC_ORDER
 
 IN_TASK = "influence in-task"
 CROSS_TASK = "influence cross-task"
@@ -117,13 +117,13 @@ def compute_reports(
 
     ``loaded`` is not modified: the gradients run on a copy (LoRA is attached in place).
     """
-    from curator.align import AlignConfig, samples_path, score_candidates
-    from curator.indexing import Featurizer, index_rows
-    from curator.influence import influence_scores, open_space
-    from curator.sampling import SamplingConfig
-    from curator.selection import select_strategy, write_selection_report
-    from curator.study import run_study, write_report
-    from curator.tables import write_table
+    from curator.alignment.align import AlignConfig, samples_path, score_candidates
+    from curator.influence.indexing import Featurizer, index_rows
+    from curator.influence.scoring import influence_scores, open_space
+    from curator.model.sampling import SamplingConfig
+    from curator.alignment.selection import select_strategy, write_selection_report
+    from curator.influence.study import run_study, write_report
+    from curator.io.tables import write_table
 
     strategies = sorted({c.strategy for c in cands})
     found: dict[str, tuple[dict[str, Any], str]] = {}

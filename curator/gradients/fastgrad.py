@@ -11,13 +11,13 @@ the tensors the hooks see, so nothing has to be re-applied.
 
 The batched loss is the SUM over examples of each example's own mean response-token NLL, so
 each example keeps its own normalisation and no gradient mixes across examples. For models
-where it is exact (``curator.packing``: Llama, SmolLM2 included, Mistral, Qwen2, Qwen3) a batch is packed
+where it is exact (``curator.gradients.packing``: Llama, SmolLM2 included, Mistral, Qwen2, Qwen3) a batch is packed
 into one row with no padding at all, attention running per example; each example's gradient is
 then the sum over its own segment of the row. Other models get right-padded batches with an
 attention mask; padded positions carry no loss, and their inputs or output-gradients are masked
 to zero anyway. The vocabulary projection (``lm_head``) is applied only at the positions that
 are scored, which saves the logits and softmax of every prompt and padding token: packed fp32
-batches compute that loss together with its gradient in one pass (``curator.scoredloss``), the
+batches compute that loss together with its gradient in one pass (``curator.gradients.scoredloss``), the
 others gather the scored rows with a forward pre-hook and use cross-entropy.
 
 Rows come back in the caller's order and in the layout of ``GradientComputer.reference_gradients``:
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from curator.encoding import IGNORE_INDEX, Encoded
+from curator.model.encoding import IGNORE_INDEX, Encoded
 from curator.errors import InputError
-from curator.packing import PACKABLE_MODEL_TYPES, pack, packed_attention, segment_ids, supports_packing
-from curator.scoredloss import fusable, scored_nll
+from curator.gradients.packing import PACKABLE_MODEL_TYPES, pack, packed_attention, segment_ids, supports_packing
+from curator.gradients.scoredloss import fusable, scored_nll
 
 if TYPE_CHECKING:
-    from curator.gradients import GradientComputer
+    from curator.gradients.computer import GradientComputer
 
 DTYPES = ("fp32", "bf16")
 # The default batch when neither a count nor a token budget is given: tokens per batch.
@@ -222,7 +222,7 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
     lm_head = base.get_output_embeddings()
     row_targets = targets.reshape(-1).index_select(0, rows)
     row_weight = weight.index_select(0, example_of_row)
-    # packed fp32 batches: the loss and its gradient in one pass (curator.scoredloss)
+    # packed fp32 batches: the loss and its gradient in one pass (curator.gradients.scoredloss)
     fused = packed and dtype == "fp32" and fusable(lm_head)
     handle = None if fused else lm_head.register_forward_pre_hook(gather_rows)
     try:
@@ -259,7 +259,7 @@ def iter_per_example_gradients(
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (indices into ``examples``, their gradients [len, n_params]) one batch at a time.
 
-    ``packing``: None packs batches wherever that is exact (``curator.packing.supports_packing``),
+    ``packing``: None packs batches wherever that is exact (``curator.gradients.packing.supports_packing``),
     False always pads, True packs or raises NotImplementedError for a model it would not be exact for.
     """
     if dtype not in DTYPES:
