@@ -38,7 +38,7 @@ from curator.config import IndexConfig, ProjectionConfig
 from curator.io.data import load_candidates
 from curator.demo import demo_data_dir
 from curator.model.encoding import IGNORE_INDEX, Encoded
-from curator.gradients.fastgrad import _pad, _pad_id, buckets, per_example_gradients
+from curator.gradients.fastgrad import buckets, pad_batch, pad_id_of, per_example_gradients
 from curator.influence.indexing import Featurizer, index_rows
 from curator.gradients.packing import pack, packed_attention, segment_ids, supports_packing
 from curator.gradients.scoredloss import fusable, scored_nll
@@ -93,12 +93,12 @@ def tight_floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
     comp = feat.computer
     params = [p for _, p in comp.params]
     lm_head = comp.model.get_base_model().get_output_embeddings()
-    pad = _pad_id(comp)
+    pad = pad_id_of(comp.model)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if feat.dtype == "bf16" else nullcontext
     for lo in range(0, len(encs), batch):
         rows = encs[lo : lo + batch]
         for idx in buckets(rows, tokens_per_batch=feat.tokens_per_batch):
-            ids, mask, targets = _pad([rows[i] for i in idx], pad)
+            ids, mask, targets = pad_batch([rows[i] for i in idx], pad)
             keep = (targets != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
             with ctx():
                 hidden = comp.model.get_base_model().model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
@@ -120,7 +120,7 @@ def packed_floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
             keep = (targets.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
             example = segment_ids(segments)[keep]
             weight = (1.0 / torch.bincount(example).float())[example]
-            with packed_attention(comp, segments), ctx():
+            with packed_attention(comp.model, segments), ctx():
                 hidden = base.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
                 h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
             tgt = targets.reshape(-1).index_select(0, keep)
@@ -160,10 +160,10 @@ def main() -> None:
     rows = load_candidates(demo_data_dir() / "candidates.jsonl")[: args.rows]
     encs = [feat.encode(r) for r in rows]
     # warm-up (allocator, kernels; fills the projection cache when the matrix is small enough to keep)
-    per_example_gradients(feat.computer, encs[:2], dtype=args.dtype, packing=feat.packing)
+    per_example_gradients(feat.computer.model, feat.computer.params, encs[:2], dtype=args.dtype, packing=feat.packing)
     floor(feat, encs[:2], 2)
     tight_floor(feat, encs[:2], 2)
-    if supports_packing(feat.computer):
+    if supports_packing(feat.computer.model):
         packed_floor(feat, encs[:2], 2)
     feat.computer.reference_gradients(encs[:1])
     dense = RademacherProjector(ProjectionConfig(dim=args.dim, kind="rademacher"), feat.computer.n_params)
@@ -188,7 +188,7 @@ def main() -> None:
         vecs["c"] = np.concatenate(less_loop(feat, dense, encs, args.batch, less_seconds))
 
     paths = {"b_floor": lambda: floor(feat, encs, args.batch), "b2_tight_floor": lambda: tight_floor(feat, encs, args.batch), "a_curator_index": run_index, "c_less_loop": run_less}
-    packed = supports_packing(feat.computer) if feat.packing is None else feat.packing
+    packed = supports_packing(feat.computer.model) if feat.packing is None else feat.packing
     if packed:
         paths["b3_packed_floor"] = lambda: packed_floor(feat, encs, args.batch)
     for _ in range(args.repeat):  # interleaved; the best of the repeats counts (the machine is shared)
@@ -230,8 +230,8 @@ def main() -> None:
         print(f"pairwise cosines (a) vs (c): max |diff| {np.abs(pa[iu] - pc[iu]).max():.4f}")
     if args.dtype == "bf16":
         sample = encs[: min(8, len(encs))]
-        ref = per_example_gradients(feat.computer, sample, tokens_per_batch=args.tokens_per_batch)
-        low = per_example_gradients(feat.computer, sample, tokens_per_batch=args.tokens_per_batch, dtype="bf16")
+        ref = per_example_gradients(feat.computer.model, feat.computer.params, sample, tokens_per_batch=args.tokens_per_batch)
+        low = per_example_gradients(feat.computer.model, feat.computer.params, sample, tokens_per_batch=args.tokens_per_batch, dtype="bf16")
         c = torch.nn.functional.cosine_similarity(low, ref, dim=1)
         print(f"bf16 fidelity: cosine to fp32 gradients min {c.min():.5f} mean {c.mean():.5f} (over {len(sample)} rows)")
 

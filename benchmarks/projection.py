@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     feat = Featurizer(IndexConfig(model=args.model, projection=ProjectionConfig(dim=args.dim)))
     rows = load_candidates(demo_data_dir() / "candidates.jsonl")[: args.rows]
-    grads = per_example_gradients(feat.computer, [feat.encode(r) for r in rows])
+    grads = per_example_gradients(feat.computer.model, feat.computer.params, [feat.encode(r) for r in rows])
     n, width = grads.shape
     exact = pair_cosines(grads)
     print(f"model={args.model} rows={n} lora_params={width} dim={args.dim} batch={args.batch} exact pairwise cosine spread (std) {exact.std():.4f}")

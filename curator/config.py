@@ -103,6 +103,65 @@ class GradientConfig:
         return asdict(self)
 
 
+# The search types ``curator index --search`` takes, and the parameters each one accepts; the
+# defaults are resolved per store by curator.store.search.plan.
+SEARCH_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
+    "flat": (),
+    "ivf": ("nlist", "nprobe"),
+    "ivfpq": ("nlist", "nprobe", "m", "nbits", "refine"),
+    "hnsw": ("M", "efConstruction", "efSearch"),
+}
+SEARCH_HINT = "use flat, ivf, ivfpq or hnsw, optionally with parameters as TYPE:key=value,... (e.g. ivf:nlist=1024,nprobe=32)"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A search type and the parameters the user set (the rest are defaults, resolved per store)."""
+
+    type: str = "flat"
+    params: tuple[tuple[str, int], ...] = ()
+
+    def __str__(self) -> str:
+        return self.type + (":" + ",".join(f"{k}={v}" for k, v in self.params) if self.params else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "SearchSpec":
+        if not d:
+            return cls()
+        return cls(str(d["type"]), tuple(sorted((str(k), int(v)) for k, v in d.get("params", {}).items())))
+
+
+def parse_search(text: str, dim: int | None = None) -> SearchSpec:
+    """Parse ``TYPE[:key=value,...]``; raise InputError with a one-line fix for anything invalid."""
+    kind, _, rest = str(text).strip().partition(":")
+    kind = kind.strip().lower()
+    if kind not in SEARCH_TYPES:
+        raise InputError(f"--search {text!r} is unknown: {SEARCH_HINT}")
+    params: dict[str, int] = {}
+    for item in (x for x in rest.split(",") if x.strip()) if rest.strip() else ():
+        key, eq, val = (s.strip() for s in item.partition("="))
+        if key not in SEARCH_PARAMS[kind]:
+            allowed = ", ".join(SEARCH_PARAMS[kind]) or "none"
+            raise InputError(f"--search {text}: {kind} has no parameter {key!r}: its parameters are {allowed}")
+        if not eq or not val.isdigit() or int(val) < 1:
+            raise InputError(f"--search {text}: {key}={val} is invalid: use an integer >= 1")
+        if key in params:
+            raise InputError(f"--search {text}: {key} is given twice: give each parameter once")
+        params[key] = int(val)
+    if params.get("nbits", 8) > 16:
+        raise InputError(f"--search {text}: nbits={params['nbits']} is invalid: use 1 to 16 bits per PQ code")
+    if params.get("M", 2) < 2:
+        raise InputError(f"--search {text}: M={params['M']} is invalid: use an integer >= 2 (32 is typical)")
+    if dim is not None and "m" in params and dim % params["m"]:
+        near = sorted((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: abs(m - params["m"]))[:3]
+        raise InputError(f"--search {text}: m={params['m']} does not divide the projection dim {dim}: use one of {', '.join(map(str, sorted(near)))}")
+    return SearchSpec(kind, tuple(sorted(params.items())))
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """Everything that defines the vectors in a gradient store."""
@@ -112,14 +171,12 @@ class IndexConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
     batch_size: int = 32
-    search: str | None = None  # search index type (curator.store.search); None keeps the store's, flat for a new one
+    search: str | None = None  # search index type (SearchSpec, built by curator.store.search); None keeps the store's, flat for a new one
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch_size={self.batch_size} is invalid: use an integer >= 1 (--batch-size)")
         if self.search is not None:
-            from curator.store.search import parse_search
-
             parse_search(self.search, dim=self.projection.dim)
 
 

@@ -85,7 +85,11 @@ def side_by_side(study: dict[str, Any], selection: dict[str, Any] | None) -> lis
 
 
 def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, align: bool = True, sampling: SamplingConfig | None = None, progress: ProgressFn = no_progress) -> DemoResult:
-    """Both signals on the bundled data into ``out``: align + select, index + influence + study, ranking."""
+    """Both signals on the bundled data into ``out``: align + select, index + influence + study, ranking.
+
+    Returns a ``DemoResult`` with the path of every artefact, the study's verdicts, the
+    selection, and one side-by-side row per strategy.
+    """
     if tasks is not None and tasks < 1 or probes is not None and probes < 1:
         raise InputError("--tasks and --probes must be integers >= 1")
     out_dir = Path(out)

@@ -13,7 +13,7 @@ import pytest
 from curator.io.data import Candidate, EvalItem, content_hash, detect_kind, load_candidates, load_eval, read_rows
 from curator.model.encoding import IGNORE_INDEX, encode, render
 from curator.errors import CuratorError, InputError
-from curator.influence.indexing import load_rows
+from curator.io.data import load_rows
 from curator.model.models import build_tiny_tokenizer
 
 CHAT = [

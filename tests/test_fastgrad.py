@@ -69,7 +69,7 @@ def test_fast_matches_reference_in_one_batch(tiny, warm, packing):
     encs = mixed_examples(tiny.tokenizer)
     assert len({len(e.input_ids) for e in encs}) == len(encs)  # all lengths differ: real padding
     ref = comp.reference_gradients(encs)
-    fast = per_example_gradients(comp, encs, batch_size=len(encs), packing=packing)
+    fast = per_example_gradients(comp.model, comp.params, encs, batch_size=len(encs), packing=packing)
     assert_matches(comp, fast, ref)
     names_nonzero = {n for (n, p), s in zip(comp.params, _slices(comp, ref)) if float(s.abs().max()) > 0}
     if warm:
@@ -92,7 +92,7 @@ def test_every_linear_module_and_other_scaling(tiny, packing):
     encs = mixed_examples(tiny.tokenizer)
     assert len(comp.params) == 2 * len(ALL_LINEAR) * 2
     ref = comp.reference_gradients(encs)
-    assert_matches(comp, per_example_gradients(comp, encs, batch_size=4, packing=packing), ref)
+    assert_matches(comp, per_example_gradients(comp.model, comp.params, encs, batch_size=4, packing=packing), ref)
 
 
 @PACKING
@@ -102,10 +102,10 @@ def test_order_preserved_with_buckets_and_no_side_effects(tiny, packing):
     encs = mixed_examples(tiny.tokenizer)
     ref = comp.reference_gradients(encs)
     for kw in ({"batch_size": 1}, {"batch_size": 4}, {"tokens_per_batch": 300}, {}):
-        assert_matches(comp, per_example_gradients(comp, encs, packing=packing, **kw), ref)
+        assert_matches(comp, per_example_gradients(comp.model, comp.params, encs, packing=packing, **kw), ref)
     # the same row gives the same gradient whatever batch it sits in
-    alone = per_example_gradients(comp, encs[2:3], batch_size=1, packing=packing)[0]
-    assert torch.allclose(alone, per_example_gradients(comp, encs, batch_size=6, packing=packing)[2], rtol=1e-4, atol=1e-6)
+    alone = per_example_gradients(comp.model, comp.params, encs[2:3], batch_size=1, packing=packing)[0]
+    assert torch.allclose(alone, per_example_gradients(comp.model, comp.params, encs, batch_size=6, packing=packing)[2], rtol=1e-4, atol=1e-6)
     # the model's own attention is back, with no segments left in flight
     assert comp.model.get_base_model().config._attn_implementation != ATTENTION_NAME
     assert packing_mod._SEGMENTS.get() is None
@@ -113,7 +113,7 @@ def test_order_preserved_with_buckets_and_no_side_effects(tiny, packing):
     assert all(p.grad is None for _, p in comp.params)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in comp.model.modules())
     # the streaming form yields buckets of original indices covering every row once
-    seen = sorted(i for idx, g in iter_per_example_gradients(comp, encs, batch_size=4) for i in idx)
+    seen = sorted(i for idx, g in iter_per_example_gradients(comp.model, comp.params, encs, batch_size=4) for i in idx)
     assert seen == list(range(len(encs)))
 
 
@@ -161,20 +161,20 @@ def test_packing_only_where_exact(tiny, monkeypatch):
     comp = GradientComputer(tiny.model, LoraSettings())
     randomise_lora_b(comp)
     encs = mixed_examples(tiny.tokenizer)
-    assert supports_packing(comp)  # a Llama
+    assert supports_packing(comp.model)  # a Llama
     ref = comp.reference_gradients(encs)
     # the per-segment attention exists only while a packed batch is in flight
     with pytest.raises(RuntimeError, match="only inside"):
         packing_mod._segment_attention(None, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), None)
-    with packed_attention(comp, [(0, 3)]):
+    with packed_attention(comp.model, [(0, 3)]):
         assert comp.model.get_base_model().config._attn_implementation == ATTENTION_NAME
     assert comp.model.get_base_model().config._attn_implementation != ATTENTION_NAME
     # a family not known to be exact: auto falls back to padding, forcing packing is refused
     monkeypatch.setattr(packing_mod, "PACKABLE_MODEL_TYPES", frozenset())
-    assert not supports_packing(comp)
-    assert_matches(comp, per_example_gradients(comp, encs, batch_size=3), ref)
+    assert not supports_packing(comp.model)
+    assert_matches(comp, per_example_gradients(comp.model, comp.params, encs, batch_size=3), ref)
     with pytest.raises(NotImplementedError, match="exact only for"):
-        per_example_gradients(comp, encs, packing=True)
+        per_example_gradients(comp.model, comp.params, encs, packing=True)
 
 
 @PACKING
@@ -182,13 +182,13 @@ def test_bf16_fidelity(tiny, packing):
     comp = GradientComputer(tiny.model, LoraSettings())
     randomise_lora_b(comp)
     encs = mixed_examples(tiny.tokenizer)
-    fp32 = per_example_gradients(comp, encs, batch_size=6, packing=packing)
-    bf16 = per_example_gradients(comp, encs, batch_size=6, dtype="bf16", packing=packing)
+    fp32 = per_example_gradients(comp.model, comp.params, encs, batch_size=6, packing=packing)
+    bf16 = per_example_gradients(comp.model, comp.params, encs, batch_size=6, dtype="bf16", packing=packing)
     assert bf16.dtype == torch.float32
     cos = F.cosine_similarity(bf16, fp32, dim=1)
     assert bool((cos >= 0.99).all()), cos.tolist()
     with pytest.raises(InputError):
-        per_example_gradients(comp, encs, dtype="fp8")
+        per_example_gradients(comp.model, comp.params, encs, dtype="fp8")
 
 
 @PACKING
@@ -197,7 +197,7 @@ def test_example_without_response_tokens_is_refused(tiny, packing):
     enc = encode(tiny.tokenizer, "What is 2 + 2?", "4", 32)
     bad = type(enc)(input_ids=enc.input_ids, labels=[-100] * len(enc.labels), n_prompt=len(enc.labels), n_response=0, truncated=True)
     with pytest.raises(InputError, match="no response token"):
-        per_example_gradients(comp, [enc, bad], packing=packing)
+        per_example_gradients(comp.model, comp.params, [enc, bad], packing=packing)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in comp.model.modules())
     assert comp.model.get_base_model().config._attn_implementation != ATTENTION_NAME
 
@@ -247,9 +247,9 @@ def test_other_packable_families_match_reference(tiny, family, extra):
     model = _random_model(family, len(tiny.tokenizer), **extra)
     comp = GradientComputer(model, LoraSettings())
     randomise_lora_b(comp)
-    assert supports_packing(comp)
+    assert supports_packing(comp.model)
     encs = mixed_examples(tiny.tokenizer)
     assert max(len(e.input_ids) for e in encs) > 24
     ref = comp.reference_gradients(encs)
-    assert_matches(comp, per_example_gradients(comp, encs, batch_size=6), ref)
-    assert_matches(comp, per_example_gradients(comp, encs, batch_size=6, packing=False), ref)
+    assert_matches(comp, per_example_gradients(comp.model, comp.params, encs, batch_size=6), ref)
+    assert_matches(comp, per_example_gradients(comp.model, comp.params, encs, batch_size=6, packing=False), ref)

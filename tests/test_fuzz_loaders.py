@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from curator.cli.main import cli
 from curator.io.data import load_candidates, load_eval
 from curator.errors import CuratorError
-from curator.influence.indexing import load_rows
+from curator.io.data import load_rows
 from tests.fuzz_formats import WRONG_COLUMNS, arrow_cases, csv_cases, json_cases, jsonl_cases
 from tests.fuzz_rows import Case, check_message, expected, loaded, location_of, materialize
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from curator.store import scan
-from curator.store import search
+from curator.store import scan, search
 from curator.cli.main import cli
 from curator.errors import InputError, StoreError
 from curator.influence.scoring import influence_scores, open_space, top_k
-from curator.store.search import ApproxSearcher, ExactSearcher, parse_search
+from curator.config import parse_search
+from curator.store.search import ApproxSearcher, ExactSearcher
 from curator.store.store import GradientStore
 from tests.conftest import write_jsonl
 

@@ -66,9 +66,9 @@ def test_packed_gradients_match_reference_on_smollm2():
 
     feat = Featurizer(IndexConfig(model="smollm2-135m"))
     encs = [feat.encode(r) for r in load_candidates(demo_data_dir() / "candidates.jsonl")[:4]]
-    assert len({len(e.input_ids) for e in encs}) > 1 and supports_packing(feat.computer)
+    assert len({len(e.input_ids) for e in encs}) > 1 and supports_packing(feat.computer.model)
     ref = feat.computer.reference_gradients(encs)
-    fast = per_example_gradients(feat.computer, encs, batch_size=4)
+    fast = per_example_gradients(feat.computer.model, feat.computer.params, encs, batch_size=4)
     assert bool((torch.nn.functional.cosine_similarity(fast, ref, dim=1) >= 0.9999).all())
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
 from curator.errors import MismatchError, StoreError
-from curator.influence.indexing import Featurizer, index_file, index_rows, load_rows
+from curator.influence.indexing import Featurizer, index_file, index_rows
+from curator.io.data import load_rows
 from curator.model.models import load_model
 from curator.store.store import GradientStore
 

@@ -88,7 +88,10 @@ def combined_alignment(table: pd.DataFrame, metrics: list[str]) -> np.ndarray:
 
 
 def score_candidates(cands: list[Candidate], loaded: LoadedModel, config: AlignConfig, cache: Path | None = None, progress: ProgressFn = no_progress) -> AlignResult:
-    """Sample from the target model per group, then compute every requested metric per candidate."""
+    """Sample from the target model per group, then compute every requested metric per candidate.
+
+    Returns an ``AlignResult``: ``table`` (one row per candidate: id, strategy, group, each metric
+    and the combined ``alignment``), the samples cache file, sampling statistics and seconds."""
     start = time.perf_counter()
     prompts: dict[str, Prompt] = {}
     for c in cands:
@@ -129,7 +132,9 @@ def score_candidates(cands: list[Candidate], loaded: LoadedModel, config: AlignC
 
 
 def align_file(data: str | Path, out: str | Path, config: AlignConfig, progress: ProgressFn = no_progress, loaded: LoadedModel | None = None) -> AlignResult:
-    """Load candidates from ``data``, score them (see ``score_candidates``), write the table to ``out``."""
+    """Load candidates from ``data``, score them (see ``score_candidates``), write the table to ``out``.
+
+    Returns the ``AlignResult``; the model is loaded from ``config.model`` unless ``loaded`` is given."""
     out_path = check_table_path(out)
     cands = load_candidates(data)
     loaded = loaded or load_model(config.model)

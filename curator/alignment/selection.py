@@ -185,7 +185,8 @@ def select_strategy(
 
     ``primary`` names the deciding metric. With the default ``alignment`` absent or empty, the
     first metric with values in ``METRIC_ORDER`` decides instead; any other ``primary`` must have
-    values. The result is JSON-serialisable (plain floats, None for missing values).
+    values. Returns a JSON-serialisable dict (plain floats, None for missing values): per-strategy
+    ``stats`` with intervals, ``rankings`` per metric, the ``primary`` metric and ``recommended``.
     """
     metrics = _validate(table)
     _check_options(n_boot, confidence)

@@ -371,7 +371,10 @@ def export(
     dpo_pairs: str = "top-vs-each",
     now: datetime | None = None,
 ) -> ExportResult:
-    """Export a pulled file as SFT rows or DPO pairs to ``out``, with a dataset card."""
+    """Export a pulled file as SFT rows or DPO pairs to ``out``, with a dataset card.
+
+    Returns an ``ExportResult``: the output and card paths, rows written, records read and kept,
+    and counts of what was filtered and of each strategy kept."""
     cfg = ExportConfig(fmt, min_annotators, min_agreement, None if strategies is None else tuple(strategies), dpo_pairs)
     out_p = Path(out)
     output_kind(out_p)

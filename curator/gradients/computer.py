@@ -149,7 +149,7 @@ class GradientComputer:
         ``dtype="bf16"`` runs the forward under bf16 autocast; ``tokens_per_batch`` caps the padded
         tokens of one batched backward (examples are bucketed by length).
         """
-        raw = per_example_gradients(self, examples, tokens_per_batch=tokens_per_batch, dtype=dtype)  # batched; reference_gradients stays the oracle
+        raw = per_example_gradients(self.model, self.params, examples, tokens_per_batch=tokens_per_batch, dtype=dtype)  # batched; reference_gradients stays the oracle
         if kind == "sgd":
             return raw
         if kind == "adam":

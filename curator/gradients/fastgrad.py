@@ -20,25 +20,27 @@ are scored, which saves the logits and softmax of every prompt and padding token
 batches compute that loss together with its gradient in one pass (``curator.gradients.scoredloss``), the
 others gather the scored rows with a forward pre-hook and use cross-entropy.
 
-Rows come back in the caller's order and in the layout of ``GradientComputer.reference_gradients``:
-``lora_parameters`` order (sorted by name), each weight flattened row-major.
+This module takes a peft model and its trainable parameters, and knows nothing of the
+``GradientComputer`` that calls it. Rows come back in the caller's order, in the layout of the
+``params`` given (``lora_parameters`` order, sorted by name), each weight flattened row-major:
+the layout of ``GradientComputer.reference_gradients``.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from curator.model.encoding import IGNORE_INDEX, Encoded
 from curator.errors import InputError
-from curator.gradients.packing import PACKABLE_MODEL_TYPES, pack, packed_attention, segment_ids, supports_packing
+from curator.gradients.packing import PACKABLE_MODEL_TYPES, base_model, pack, packed_attention, segment_ids, supports_packing
 from curator.gradients.scoredloss import fusable, scored_nll
 
-if TYPE_CHECKING:
-    from curator.gradients.computer import GradientComputer
+# (name, parameter) pairs in gradient-layout order, as ``lora_parameters`` gives them
+Params = Sequence[tuple[str, torch.nn.Parameter]]
 
 DTYPES = ("fp32", "bf16")
 # The default batch when neither a count nor a token budget is given: tokens per batch.
@@ -84,10 +86,10 @@ def buckets(examples: Sequence[Encoded], batch_size: int | None = None, tokens_p
 class _Hooks:
     """Hooks on the trainable LoRA Linears that write per-example gradients into ``self.out``."""
 
-    def __init__(self, computer: "GradientComputer") -> None:
+    def __init__(self, model: Any, params: Params) -> None:
         slots: dict[int, tuple[int, torch.Size]] = {}
         off = 0
-        for _, p in computer.params:
+        for _, p in params:
             slots[id(p)] = (off, p.shape)
             off += p.numel()
         self.n_params = off
@@ -98,13 +100,13 @@ class _Hooks:
         self._root_ids: set[int] = set()
         self._handles: list[Any] = []
         found: set[int] = set()
-        for _, module in computer.model.named_modules():
+        for _, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and id(module.weight) in slots:
                 if module.bias is not None and module.bias.requires_grad:
                     raise NotImplementedError("fast per-example gradients cover LoRA weights only, not trainable biases")
                 found.add(id(module.weight))
                 self._handles.append(module.register_forward_hook(self._forward_hook(*slots[id(module.weight)])))
-        missing = [n for n, p in computer.params if id(p) not in found]
+        missing = [n for n, p in params if id(p) not in found]
         if missing:
             self.remove()
             raise NotImplementedError(f"trainable parameter {missing[0]} is not a Linear weight: fast per-example gradients do not cover it")
@@ -165,7 +167,7 @@ class _Hooks:
         self.reset()
 
 
-def _pad(examples: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(examples: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded inputs (last token dropped: it predicts nothing scored), attention mask and targets."""
     n = max(len(e.input_ids) for e in examples) - 1
     ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
@@ -179,8 +181,9 @@ def _pad(examples: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask, targets
 
 
-def _pad_id(computer: "GradientComputer") -> int:
-    cfg = computer.model.get_base_model().config
+def pad_id_of(model: Any) -> int:
+    """The id that pads batches: the model's pad token, else its eos or bos token, else 0."""
+    cfg = base_model(model).config
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
         v = getattr(cfg, name, None)
         if isinstance(v, list):
@@ -190,7 +193,7 @@ def _pad_id(computer: "GradientComputer") -> int:
     return 0
 
 
-def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded], dtype: str, pad_id: int, packed: bool) -> torch.Tensor:
+def _batch(model: Any, hooks: _Hooks, examples: list[Encoded], dtype: str, pad_id: int, packed: bool) -> torch.Tensor:
     """Per-example gradients of one batch (packed into one row, or padded), [B, n_params] float32."""
     model_inputs: dict[str, torch.Tensor]
     if packed:
@@ -198,9 +201,9 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
         example_of_position = segment_ids(segments)
         model_inputs = {"input_ids": ids, "position_ids": positions}
         hooks.segments = segments
-        attention = packed_attention(computer, segments)
+        attention = packed_attention(model, segments)
     else:
-        ids, mask, targets = _pad(examples, pad_id)
+        ids, mask, targets = pad_batch(examples, pad_id)
         example_of_position = torch.arange(len(examples)).repeat_interleave(ids.shape[1])
         model_inputs = {"input_ids": ids, "attention_mask": mask}
         hooks.mask = mask.unsqueeze(-1).to(torch.float32)
@@ -218,7 +221,7 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
         return (h.reshape(-1, h.shape[-1]).index_select(0, rows), *args[1:])
 
     hooks.out = torch.zeros(len(examples), hooks.n_params, dtype=torch.float32)
-    base = computer.model.get_base_model()
+    base = base_model(model)
     lm_head = base.get_output_embeddings()
     row_targets = targets.reshape(-1).index_select(0, rows)
     row_weight = weight.index_select(0, example_of_row)
@@ -234,7 +237,7 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
             else:
                 assert handle is not None
                 with ctx:
-                    logits = computer.model(**model_inputs, use_cache=False).logits
+                    logits = model(**model_inputs, use_cache=False).logits
                 handle.remove()
                 if logits.dim() != 2 or logits.shape[0] != rows.numel():
                     raise NotImplementedError(f"{type(base).__name__} reshapes its logits: fast per-example gradients do not support it")
@@ -250,7 +253,8 @@ def _batch(computer: "GradientComputer", hooks: _Hooks, examples: list[Encoded],
 
 
 def iter_per_example_gradients(
-    computer: "GradientComputer",
+    model: Any,
+    params: Params,
     examples: Sequence[Encoded],
     batch_size: int | None = None,
     tokens_per_batch: int | None = None,
@@ -259,26 +263,29 @@ def iter_per_example_gradients(
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (indices into ``examples``, their gradients [len, n_params]) one batch at a time.
 
+    ``model`` is the peft model whose trainable LoRA ``params`` (the gradient layout) are hooked.
+
     ``packing``: None packs batches wherever that is exact (``curator.gradients.packing.supports_packing``),
     False always pads, True packs or raises NotImplementedError for a model it would not be exact for.
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)} (--dtype)")
-    packable = supports_packing(computer)
+    packable = supports_packing(model)
     if packing and not packable:
-        raise NotImplementedError(f"{type(computer.model.get_base_model()).__name__}: packed batches are exact only for {', '.join(sorted(PACKABLE_MODEL_TYPES))} models")
+        raise NotImplementedError(f"{type(base_model(model)).__name__}: packed batches are exact only for {', '.join(sorted(PACKABLE_MODEL_TYPES))} models")
     packed = packable if packing is None else packing
-    pad_id = _pad_id(computer)
-    hooks = _Hooks(computer)
+    pad_id = pad_id_of(model)
+    hooks = _Hooks(model, params)
     try:
         for idx in buckets(examples, batch_size, tokens_per_batch, packed=packed):
-            yield idx, _batch(computer, hooks, [examples[i] for i in idx], dtype, pad_id, packed)
+            yield idx, _batch(model, hooks, [examples[i] for i in idx], dtype, pad_id, packed)
     finally:
         hooks.remove()
 
 
 def per_example_gradients(
-    computer: "GradientComputer",
+    model: Any,
+    params: Params,
     examples: Sequence[Encoded],
     batch_size: int | None = None,
     tokens_per_batch: int | None = None,
@@ -286,7 +293,7 @@ def per_example_gradients(
     packing: bool | None = None,
 ) -> torch.Tensor:
     """Raw per-example gradients [n, n_params] float32, in the order and layout of ``reference_gradients``."""
-    out = torch.empty(len(examples), computer.n_params, dtype=torch.float32)
-    for idx, grads in iter_per_example_gradients(computer, examples, batch_size, tokens_per_batch, dtype, packing):
+    out = torch.empty(len(examples), sum(p.numel() for _, p in params), dtype=torch.float32)
+    for idx, grads in iter_per_example_gradients(model, params, examples, batch_size, tokens_per_batch, dtype, packing):
         out[torch.tensor(idx, dtype=torch.long)] = grads
     return out

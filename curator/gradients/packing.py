@@ -20,15 +20,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from curator.model.encoding import Encoded
-
-if TYPE_CHECKING:
-    from curator.gradients.computer import GradientComputer
 
 ATTENTION_NAME = "curator_packed"
 # Rotary positions from position_ids, per-token layers, causal attention (Mistral's and Qwen's with
@@ -62,9 +59,15 @@ def _segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
-def supports_packing(computer: "GradientComputer") -> bool:
-    """True when packing is exact for this model (see PACKABLE_MODEL_TYPES)."""
-    base = computer.model.get_base_model()
+def base_model(model: Any) -> Any:
+    """The transformers model under a peft wrapper, or ``model`` itself when it is not wrapped."""
+    unwrap = getattr(model, "get_base_model", None)
+    return unwrap() if callable(unwrap) else model
+
+
+def supports_packing(model: Any) -> bool:
+    """True when packing is exact for this model, peft-wrapped or not (see PACKABLE_MODEL_TYPES)."""
+    base = base_model(model)
     cfg = base.config
     return (
         getattr(cfg, "model_type", None) in PACKABLE_MODEL_TYPES
@@ -74,7 +77,7 @@ def supports_packing(computer: "GradientComputer") -> bool:
 
 
 @contextmanager
-def packed_attention(computer: "GradientComputer", segments: list[tuple[int, int]]) -> Iterator[None]:
+def packed_attention(model: Any, segments: list[tuple[int, int]]) -> Iterator[None]:
     """Run the model's attention per segment while the block is active; restores the previous implementation."""
     global _registered
     if not _registered:
@@ -82,7 +85,7 @@ def packed_attention(computer: "GradientComputer", segments: list[tuple[int, int
 
         AttentionInterface.register(ATTENTION_NAME, _segment_attention)
         _registered = True
-    cfg = computer.model.get_base_model().config
+    cfg = base_model(model).config
     previous = cfg._attn_implementation
     token = _SEGMENTS.set(segments)
     cfg._attn_implementation = ATTENTION_NAME

@@ -27,7 +27,7 @@ from curator.config import LoraSettings, ProgressFn, no_progress
 from curator.model.encoding import encode
 from curator.errors import InputError
 from curator.gradients.computer import CHECKPOINT_FILE, OPTIMIZER_FILE, attach_lora, lora_parameters, response_loss
-from curator.influence.indexing import load_rows
+from curator.io.data import load_rows
 from curator.model.models import LoadedModel, load_model
 
 
@@ -84,7 +84,7 @@ def _save_checkpoint(out: Path, epoch: int, peft_model: object, opt: torch.optim
 
 
 def warmup(data: str | Path, out: str | Path, model: str = "smollm2-135m", lora: LoraSettings | None = None, config: WarmupConfig | None = None, progress: ProgressFn = no_progress, loaded: LoadedModel | None = None) -> list[Path]:
-    """Train LoRA briefly on a fraction of ``data``; return the saved checkpoint folders."""
+    """Train LoRA briefly on a fraction of ``data``; returns the saved checkpoint-N folders, in step order."""
     lora = lora or LoraSettings()
     config = config or WarmupConfig()
     _, rows = load_rows(data)

@@ -16,7 +16,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from curator.config import IndexConfig, ProgressFn, no_progress
-from curator.io.data import Candidate, EvalItem, kind_of, load_candidates, load_eval, read_rows
+from curator.io.data import Candidate, EvalItem, load_rows
 from curator.model.encoding import Encoded, encode
 from curator.errors import InputError
 from curator.gradients.computer import GradientComputer
@@ -25,7 +25,6 @@ from curator.gradients.projection import BLOCK_ROWS, Projector, normalize
 from curator.store.store import GradientStore
 
 Row = Union[Candidate, EvalItem]
-ROLES = ("candidates", "eval")
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,10 @@ def _row_record(row: Row, enc: Encoded) -> dict[str, Any]:
 
 
 def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, role: str, kind: str | None = None, progress: ProgressFn = no_progress) -> IndexResult:
-    """Append the gradient vectors of ``rows`` not yet in the store at ``out``; finalise the index."""
+    """Append the gradient vectors of ``rows`` not yet in the store at ``out``; finalise the index.
+
+    Returns an ``IndexResult``: the store path, rows total/added/skipped, truncated rows, seconds
+    and the search index entry."""
     start = time.perf_counter()
     store = GradientStore.create_or_resume(out, featurizer.identity(role, kind))  # takes the writer lock
     try:
@@ -117,19 +119,12 @@ def _fill(store: GradientStore, featurizer: Featurizer, rows: Sequence[Row], rol
     return IndexResult(store.path, role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start, store.manifest.get("index"))
 
 
-def load_rows(path: str | Path, role: str = "auto") -> tuple[str, list[Row]]:
-    """Load a data file as candidates or eval items; 'auto' picks candidates when every row has a strategy."""
-    if role not in ROLES + ("auto",):
-        raise InputError(f"role {role!r} is unknown: use candidates, eval or auto (--as)")
-    raw = read_rows(path)  # read once: detecting the kind and loading share it
-    if role == "auto":
-        role = kind_of(raw)
-    rows: list[Row] = list(load_candidates(path, raw)) if role == "candidates" else list(load_eval(path, raw))
-    return role, rows
-
-
 def index_file(data: str | Path, out: str | Path, config: IndexConfig, role: str = "auto", progress: ProgressFn = no_progress, featurizer: Featurizer | None = None) -> IndexResult:
-    """Load ``data``, then featurise it into the store at ``out`` (see ``index_rows``)."""
+    """Load ``data``, then featurise it into the store at ``out`` (see ``index_rows``).
+
+    ``role`` is candidates, eval or auto (candidates when every row has a strategy). Returns an
+    ``IndexResult``; a rerun adds only rows not yet in the store.
+    """
     role, rows = load_rows(data, role)
     featurizer = featurizer or Featurizer(config)
     return index_rows(featurizer, rows, out, role, progress=progress)

@@ -24,8 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from curator.store import scan
-from curator.store import search
+from curator.store import scan, search
 from curator.errors import InputError, MismatchError
 from curator.store.store import COMPARABLE_FIELDS, GradientStore, compare_manifests
 
@@ -52,7 +51,9 @@ class ScoringSpace:
 
     def searcher(self) -> Any:
         """Top-k search over the train vectors: ``.search(queries, k) -> (scores, row numbers)``."""
-        return search.open_searcher(self.train, self.scales)
+        if len(self.train) == 1:
+            return self.train[0].index()
+        return search.ExactSearcher(self.train, self.scales)
 
 
 def _pair(train: list[GradientStore], evals: list[GradientStore]) -> list[tuple[GradientStore, GradientStore]]:
@@ -84,7 +85,10 @@ def _check_role(store: GradientStore, role: str, flag: str) -> None:
 
 
 def open_space(train_paths: Sequence[str | Path], eval_paths: Sequence[str | Path]) -> ScoringSpace:
-    """Open and check train/eval stores, and build the space candidates are scored in."""
+    """Open and check train/eval stores, and build the space candidates are scored in.
+
+    Returns a ``ScoringSpace`` for ``influence_scores`` and ``top_k``; stores made with different
+    models, LoRA, projections or checkpoints are refused with a MismatchError."""
     if not train_paths or not eval_paths:
         raise InputError("influence needs at least one --train store and one --eval store")
     train = [GradientStore.open(p) for p in train_paths]
@@ -122,7 +126,11 @@ def task_centroids(space: ScoringSpace) -> tuple[list[str], np.ndarray]:
 
 
 def influence_scores(space: ScoringSpace) -> pd.DataFrame:
-    """One row per candidate: id, strategy, task, group, influence:<task>..., influence_max, influence_mean."""
+    """Every candidate's influence on each eval task: its cosine to the task's mean eval vector.
+
+    Returns a DataFrame, one row per candidate: id, strategy, task, group, influence:<task>...,
+    influence_max, influence_mean.
+    """
     tasks, cents = task_centroids(space)
     scores = scan.exact_scores(space.train, space.scales, cents)  # [n_tasks, n], exact
     df = space.train_rows[["id", "strategy", "task", "group"]].copy().reset_index(drop=True)
@@ -134,7 +142,9 @@ def influence_scores(space: ScoringSpace) -> pd.DataFrame:
 
 
 def top_k(space: ScoringSpace, k: int) -> pd.DataFrame:
-    """The k most influential candidates for each eval item: eval_id, eval_task, rank, id, strategy, task, group, score.
+    """The k most influential candidates for each eval item.
+
+    Returns a DataFrame with columns eval_id, eval_task, rank, id, strategy, task, group, score.
 
     With an approximate index an item may get fewer than k rows when the index finds fewer.
     """

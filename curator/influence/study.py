@@ -206,8 +206,9 @@ def run_study(
     Relative influence is a *difference* of mean cosines, not a ratio: the baseline's mean cosine
     can be near zero or negative, where a ratio blows up or flips sign. In-task and cross-task
     differences are paired by ``group`` (each probe answered by both strategies), so probe
-    difficulty cancels; groups lacking either strategy are skipped and counted. The result is
-    JSON-serialisable (plain floats, None for missing values).
+    difficulty cancels; groups lacking either strategy are skipped and counted. Returns a
+    JSON-serialisable dict (plain floats, None for missing values): baseline, strategies,
+    in_task and cross_task (mean difference with a bootstrap interval per strategy), verdicts.
     """
     tasks = _validate(table)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
@@ -348,7 +349,7 @@ def _heatmap_png(result: dict[str, Any]) -> bytes:
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write report.md, report.json and heatmap.png for a ``run_study`` result; return their paths."""
+    """Write report.md, report.json and heatmap.png for a ``run_study`` result; returns their paths by kind."""
     missing = [k for k in ("baseline", "strategies", "eval_tasks", "relative", "verdicts") if k not in result]
     if missing:
         raise InputError(f"study result is missing key(s) {', '.join(missing)}; pass the dict run_study returned")

@@ -22,7 +22,7 @@ def check_table_path(path: str | Path) -> Path:
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``df`` atomically in the format its suffix names."""
+    """Write ``df`` atomically in the format its suffix names (.parquet, .csv, .jsonl); returns the path."""
     p = check_table_path(path)
     suffix = p.suffix.lower()
     if suffix == ".parquet":
@@ -38,7 +38,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a table written by ``write_table``."""
+    """Read a table written by ``write_table``; returns a pandas DataFrame."""
     p = check_table_path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file: check the path")

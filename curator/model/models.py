@@ -167,7 +167,9 @@ def _load_hf(path_or_id: str, local_only: bool) -> tuple[Any, Any]:
 
 
 def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
-    """Resolve a model spec to a loaded fp32 model in eval mode, with its fingerprint."""
+    """Resolve a model spec to a loaded fp32 model in eval mode, with its fingerprint.
+
+    Returns a ``LoadedModel`` (spec, model, tokenizer, fingerprint)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # library code never prints; the CLI shows its own progress

@@ -6,6 +6,8 @@ side in it, each block scaled by sqrt(its weight). ``exact_scores`` is every row
 queries (task centroids) as one float32 matrix product per chunk: exact, and no heap.
 ``exact_top_k`` is FAISS inner-product search (``faiss.knn``) per chunk, merged in a FAISS
 ``ResultHeap``. Memory stays at a few chunks whatever the store's size.
+
+A scan reads anything shaped like a store (``VectorSource``); it never imports the store itself.
 """
 
 from __future__ import annotations
@@ -14,23 +16,39 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
-    from curator.store.store import GradientStore
-
 T = TypeVar("T")
 CHUNK_BYTES = 8 << 20  # float32 rows converted at a time
+
+
+class VectorSource(Protocol):
+    """What a scan or a search reads: rows of float16 vectors held in parts (a GradientStore is one)."""
+
+    @property
+    def n_rows(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def iter_parts(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row number, float16 [rows, dim]) of each part, in row order."""
+        ...
+
+    def read_rows(self, idx: np.ndarray) -> np.ndarray:
+        """The vectors of the given row numbers, float32 [len(idx), dim], in the order given."""
+        ...
 
 
 class _Cursor:
     """Walks one store's rows in order, one memory-mapped part at a time."""
 
-    def __init__(self, store: "GradientStore") -> None:
+    def __init__(self, store: VectorSource) -> None:
         self.parts = store.iter_parts()
         self.arr: np.ndarray | None = None
         self.pos = 0
@@ -51,7 +69,7 @@ class _Cursor:
 Pieces = list[list[tuple[int, np.ndarray]]]
 
 
-def _plan_chunks(stores: Sequence["GradientStore"], chunk_bytes: int) -> tuple[int, int, Iterator[tuple[int, int, Pieces]]]:
+def _plan_chunks(stores: Sequence[VectorSource], chunk_bytes: int) -> tuple[int, int, Iterator[tuple[int, int, Pieces]]]:
     """(rows per chunk, width, iterator of (first row, rows, float16 pieces per store))."""
     n = stores[0].n_rows
     if any(s.n_rows != n for s in stores):
@@ -81,7 +99,7 @@ def _fill(buf: "torch.Tensor", pieces: Pieces, dims: Sequence[int], scales: Sequ
         off += d
 
 
-def scan(stores: Sequence["GradientStore"], scales: Sequence[float], chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, "torch.Tensor"]]:
+def scan(stores: Sequence[VectorSource], scales: Sequence[float], chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, "torch.Tensor"]]:
     """(first row, float32 [rows, sum of dims]) chunks of the same rows across ``stores``, in order.
 
     Store j's block is multiplied by ``scales[j]`` (sqrt of its checkpoint weight), so one inner
@@ -98,7 +116,7 @@ def scan(stores: Sequence["GradientStore"], scales: Sequence[float], chunk_bytes
         yield lo, buf[:r]
 
 
-def _parallel_scan(stores: Sequence["GradientStore"], scales: Sequence[float], work: Callable[[int, "torch.Tensor"], T]) -> Iterator[T]:
+def _parallel_scan(stores: Sequence[VectorSource], scales: Sequence[float], work: Callable[[int, "torch.Tensor"], T]) -> Iterator[T]:
     """``work(first row, float32 chunk)`` over every chunk on a few threads; results in row order.
 
     Each worker runs its torch/FAISS calls single-threaded and takes whole chunks: on a busy
@@ -138,7 +156,7 @@ def _parallel_scan(stores: Sequence["GradientStore"], scales: Sequence[float], w
         faiss.omp_set_num_threads(prev_faiss)
 
 
-def exact_scores(stores: Sequence["GradientStore"], scales: Sequence[float], queries: np.ndarray) -> np.ndarray:
+def exact_scores(stores: Sequence[VectorSource], scales: Sequence[float], queries: np.ndarray) -> np.ndarray:
     """Inner products of every row with every query, float32 [n_queries, n_rows], exactly."""
     import torch
 
@@ -153,7 +171,7 @@ def exact_scores(stores: Sequence["GradientStore"], scales: Sequence[float], que
     return out.numpy()
 
 
-def exact_top_k(stores: Sequence["GradientStore"], scales: Sequence[float], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_top_k(stores: Sequence[VectorSource], scales: Sequence[float], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k highest inner products per query and their row numbers, by FAISS over each chunk."""
     import faiss
 

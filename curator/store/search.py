@@ -25,52 +25,20 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from curator.config import SearchSpec
 from curator.io.atomic import write_atomic
-from curator.errors import InputError
-from curator.store.scan import exact_top_k, scan
+from curator.store.scan import VectorSource, exact_top_k, scan
 
-if TYPE_CHECKING:
-    from curator.store.store import GradientStore
-
-SEARCH_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
-PARAMS: dict[str, tuple[str, ...]] = {
-    "flat": (),
-    "ivf": ("nlist", "nprobe"),
-    "ivfpq": ("nlist", "nprobe", "m", "nbits", "refine"),
-    "hnsw": ("M", "efConstruction", "efSearch"),
-}
 FAISS_CLASS = {"ivf": "IndexIVFFlat", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
 MIN_PER_CENTROID = 39  # FAISS's k-means warns with fewer training points per centroid
 TRAIN_BYTES = 512 << 20  # float32 training sample budget
 BUILD_CHUNK_BYTES = 64 << 20  # float32 rows added to an index at a time
 SAMPLE_SEED = 0
-HINT = "use flat, ivf, ivfpq or hnsw, optionally with parameters as TYPE:key=value,... (e.g. ivf:nlist=1024,nprobe=32)"
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    """A search type and the parameters the user set (the rest are defaults, resolved per store)."""
-
-    type: str = "flat"
-    params: tuple[tuple[str, int], ...] = ()
-
-    def __str__(self) -> str:
-        return self.type + (":" + ",".join(f"{k}={v}" for k, v in self.params) if self.params else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "params": dict(self.params)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "SearchSpec":
-        if not d:
-            return cls()
-        return cls(str(d["type"]), tuple(sorted((str(k), int(v)) for k, v in d.get("params", {}).items())))
 
 
 def _divisors(d: int) -> list[int]:
@@ -80,33 +48,6 @@ def _divisors(d: int) -> list[int]:
 def default_m(d: int) -> int:
     """PQ sub-quantizers: the largest divisor of d that is at most d/16 (16-dim sub-vectors)."""
     return max(m for m in _divisors(d) if m <= max(1, d // 16))
-
-
-def parse_search(text: str, dim: int | None = None) -> SearchSpec:
-    """Parse ``TYPE[:key=value,...]``; raise InputError with a one-line fix for anything invalid."""
-    kind, _, rest = str(text).strip().partition(":")
-    kind = kind.strip().lower()
-    if kind not in SEARCH_TYPES:
-        raise InputError(f"--search {text!r} is unknown: {HINT}")
-    params: dict[str, int] = {}
-    for item in (x for x in rest.split(",") if x.strip()) if rest.strip() else ():
-        key, eq, val = (s.strip() for s in item.partition("="))
-        if key not in PARAMS[kind]:
-            allowed = ", ".join(PARAMS[kind]) or "none"
-            raise InputError(f"--search {text}: {kind} has no parameter {key!r}: its parameters are {allowed}")
-        if not eq or not val.isdigit() or int(val) < 1:
-            raise InputError(f"--search {text}: {key}={val} is invalid: use an integer >= 1")
-        if key in params:
-            raise InputError(f"--search {text}: {key} is given twice: give each parameter once")
-        params[key] = int(val)
-    if params.get("nbits", 8) > 16:
-        raise InputError(f"--search {text}: nbits={params['nbits']} is invalid: use 1 to 16 bits per PQ code")
-    if params.get("M", 2) < 2:
-        raise InputError(f"--search {text}: M={params['M']} is invalid: use an integer >= 2 (32 is typical)")
-    if dim is not None and "m" in params and dim % params["m"]:
-        near = sorted(_divisors(dim), key=lambda m: abs(m - params["m"]))[:3]
-        raise InputError(f"--search {text}: m={params['m']} does not divide the projection dim {dim}: use one of {', '.join(map(str, sorted(near)))}")
-    return SearchSpec(kind, tuple(sorted(params.items())))
 
 
 def _flat_entry(spec: SearchSpec, n: int, d: int) -> dict[str, Any]:
@@ -200,9 +141,9 @@ def write_index(index: Any, path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def build(store: "GradientStore", path: Path) -> dict[str, Any]:
-    """Build the store's requested index part by part, write it to ``path``; return its manifest entry."""
-    entry = plan(store.search_spec, store.n_rows, store.dim)
+def build(spec: SearchSpec, store: VectorSource, path: Path) -> dict[str, Any]:
+    """Build the index ``spec`` asks for over ``store``'s rows, part by part, write it to ``path``; return its manifest entry."""
+    entry = plan(spec, store.n_rows, store.dim)
     if entry["type"] == "flat":
         return entry
     start = time.perf_counter()
@@ -225,7 +166,7 @@ def build(store: "GradientStore", path: Path) -> dict[str, Any]:
 class ExactSearcher:
     """Exact FAISS inner-product search over the stored vectors of one or more stores."""
 
-    def __init__(self, stores: Sequence["GradientStore"], scales: Sequence[float]) -> None:
+    def __init__(self, stores: Sequence[VectorSource], scales: Sequence[float]) -> None:
         self.stores, self.scales = list(stores), list(scales)
         self.ntotal = stores[0].n_rows
         self.d = sum(s.dim for s in stores)
@@ -238,7 +179,7 @@ class ExactSearcher:
 class ApproxSearcher:
     """A store's approximate FAISS index; IVF-PQ candidates are re-ranked exactly from the parts."""
 
-    def __init__(self, store: "GradientStore", index: Any, entry: dict[str, Any]) -> None:
+    def __init__(self, store: VectorSource, index: Any, entry: dict[str, Any]) -> None:
         self.store, self.index, self.entry = store, index, entry
         self.ntotal, self.d, self.type = int(index.ntotal), int(index.d), entry["type"]
 
@@ -271,16 +212,14 @@ class ApproxSearcher:
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-def open_searcher(stores: Sequence["GradientStore"], scales: Sequence[float]) -> ExactSearcher | ApproxSearcher:
-    """The approximate index of a single store when it is current, else exact search."""
+def is_current(entry: dict[str, Any], n_rows: int) -> bool:
+    """True when a manifest's index entry names an approximate index file that covers all ``n_rows``."""
+    return entry.get("type") in FAISS_CLASS and bool(entry.get("file")) and entry.get("ntotal") == n_rows
+
+
+def open_index(store: VectorSource, path: Path, entry: dict[str, Any]) -> ApproxSearcher:
+    """The approximate index at ``path`` (already checked against ``entry``), memory-mapped."""
     import faiss
 
-    if len(stores) == 1:
-        store = stores[0]
-        entry = store.manifest.get("index") or {}
-        if entry.get("type") in FAISS_CLASS and entry.get("file") and entry.get("ntotal") == store.n_rows:
-            f = store.path / entry["file"]
-            store._check_file(f, entry["sha256"])
-            flag = faiss.IO_FLAG_MMAP_IFC if entry["type"] == "hnsw" else faiss.IO_FLAG_MMAP
-            return ApproxSearcher(store, faiss.read_index(str(f), flag), entry)
-    return ExactSearcher(stores, scales)
+    flag = faiss.IO_FLAG_MMAP_IFC if entry["type"] == "hnsw" else faiss.IO_FLAG_MMAP
+    return ApproxSearcher(store, faiss.read_index(str(path), flag), entry)

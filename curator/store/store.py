@@ -21,7 +21,6 @@ against the manifest's sha256 when first read (streamed, never loaded whole to h
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -34,12 +33,12 @@ import numpy as np
 import pandas as pd
 
 from curator import __version__
-from curator.store import search
-from curator.io.atomic import write_bytes_atomic, write_json_atomic
+from curator.config import SearchSpec, parse_search
 from curator.errors import MismatchError, StoreError
+from curator.io.atomic import write_json_atomic
+from curator.store import search
 from curator.store.lock import LOCK_FILE, StoreLock
-from curator.store.parts import PART_NAME, relocate, rollup, sweep_unlisted, write_part
-from curator.store.parts import sha256 as _sha256
+from curator.store.parts import PART_NAME, MissingFileError, PartFiles, missing_file, new_name, relocate, rollup_start
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -70,26 +69,11 @@ def compare_manifests(a: dict[str, Any], b: dict[str, Any], fields: Iterable[str
             raise MismatchError(f"{a_name} and {b_name} differ in {f}: {_short(va)} vs {_short(vb)}: rebuild one of them with the same settings")
 
 
-def _sha256_file(path: Path) -> str:
-    """sha256 of a file, streamed in 8 MiB blocks (hashlib releases the GIL, so files hash in parallel)."""
-    h = hashlib.sha256()
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 def _to_float32(a: np.ndarray) -> np.ndarray:
     """float16 -> float32 through torch: exact, and far faster than numpy's float16 cast."""
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a)).float().numpy()
-
-
-class MissingFileError(StoreError):
-    """A file the manifest lists is not there."""
 
 
 @dataclass
@@ -98,8 +82,10 @@ class GradientStore:
 
     path: Path
     manifest: dict[str, Any]
-    _verified: set[str] = field(default_factory=set, repr=False, compare=False)
     _lock: StoreLock | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.files = PartFiles(self.path / "parts")
 
     # ------------------------------------------------------------------ opening
 
@@ -154,7 +140,7 @@ class GradientStore:
         if (p / MANIFEST).exists():  # checked again under the lock: another writer may have just made it
             store = cls.open(p)
             compare_manifests(store.manifest, identity, IDENTITY_FIELDS, f"existing store {p}", "this run")
-            sweep_unlisted(store)
+            store.files.sweep_unlisted({q["name"] for q in store.manifest["parts"]})
             return store
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -193,9 +179,9 @@ class GradientStore:
         return float(self.manifest["gradient"].get("lr_weight", 1.0))
 
     @property
-    def search_spec(self) -> search.SearchSpec:
+    def search_spec(self) -> SearchSpec:
         """The search type asked for (``curator index --search``); flat when never asked."""
-        return search.SearchSpec.from_dict(self.manifest.get("search"))
+        return SearchSpec.from_dict(self.manifest.get("search"))
 
     # ------------------------------------------------------------------ writing
 
@@ -208,12 +194,27 @@ class GradientStore:
             table[col] = table[col].astype("string")
         rbuf = io.BytesIO()
         table.to_parquet(rbuf, index=False)
-        self.manifest["parts"].append(write_part(self, vectors, rbuf.getvalue()))
+        self.manifest["parts"].append(self.files.write(new_name(self.manifest), vectors, rbuf.getvalue()))
         self.manifest["rows"] += len(rows)
         self.manifest["truncated"] += sum(1 for r in rows if r.get("truncated"))
         self.manifest["complete"] = False
         self._write_manifest()
-        rollup(self, final=False)
+        self._rollup(final=False)
+
+    def _rollup(self, final: bool) -> None:
+        """Merge the trailing run of small parts when it is time (see curator.store.parts), then commit.
+
+        The merged part is written first, then the manifest that lists it, and only then are the
+        parts it replaces deleted: a kill leaves the old manifest or the new one.
+        """
+        parts = self.manifest["parts"]
+        lo = rollup_start(parts, self.dim, final)
+        if lo is None:
+            return
+        run = parts[lo:]
+        parts[lo:] = [self.files.merge(new_name(self.manifest), run, self.dim, self.part_array)]
+        self._write_manifest()
+        self.files.remove(run)
 
     def request_search(self, text: str | None) -> bool:
         """Record the search type to build at finalize; True when it differs from the store's.
@@ -223,7 +224,7 @@ class GradientStore:
         """
         if text is None:
             return False
-        spec = search.parse_search(text, dim=self.dim)
+        spec = parse_search(text, dim=self.dim)
         if spec == self.search_spec:
             return False
         self.manifest["search"] = spec.to_dict()
@@ -240,8 +241,8 @@ class GradientStore:
         self.manifest["index"] = None
         self.manifest["complete"] = False
         self._write_manifest()
-        rollup(self, final=True)
-        entry = search.build(self, self.path / INDEX_FILE)
+        self._rollup(final=True)
+        entry = search.build(self.search_spec, self, self.path / INDEX_FILE)
         if entry.get("file") is None:
             (self.path / INDEX_FILE).unlink(missing_ok=True)  # flat: the parts are the index
         self.manifest["index"] = entry
@@ -251,54 +252,30 @@ class GradientStore:
 
     # ------------------------------------------------------------------ reading
 
-    def missing(self, f: Path) -> "MissingFileError":
-        return MissingFileError(f"{f}: missing store file: the store is damaged; rerun `curator index` into a new --out directory")
-
     def read_checked(self, part: dict[str, Any], kind: str) -> bytes:
-        suffix = ".npy" if kind == "vectors" else ".parquet"
-        f = self.path / "parts" / f"{part['name']}{suffix}"
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:
-            raise self.missing(f) from None
-        if _sha256(data) != part[f"{kind}_sha256"]:
-            raise StoreError(f"{f}: checksum does not match the manifest (corrupt or truncated file): rebuild the store with `curator index`")
-        return data
-
-    def _check_file(self, f: Path, sha: str) -> None:
-        """Stream-hash ``f`` against the manifest once per opened store."""
-        if str(f) in self._verified:
-            return
-        try:
-            digest = _sha256_file(f)
-        except FileNotFoundError:
-            raise self.missing(f) from None
-        if digest != sha:
-            raise StoreError(f"{f}: checksum does not match the manifest (corrupt or truncated file): rebuild the store with `curator index`")
-        self._verified.add(str(f))
+        """A part file's bytes (``kind`` is vectors or rows), checked against the manifest."""
+        return self.files.read_checked(part, kind)
 
     def vector_file(self, part: dict[str, Any]) -> Path:
-        return self.path / "parts" / f"{part['name']}.npy"
+        return self.files.file(part, "vectors")
 
-    def _map(self, part: dict[str, Any]) -> np.ndarray:
-        """The part's vectors, memory-mapped; MissingFileError (or FileNotFoundError from the map) when it is gone."""
-        f = self.vector_file(part)
-        self._check_file(f, part["vectors_sha256"])
-        arr = np.load(f, mmap_mode="c")
-        if arr.dtype != np.float16 or arr.shape != (part["rows"], self.dim):
-            raise StoreError(f"{f}: holds {arr.dtype} {arr.shape}, the manifest says float16 ({part['rows']}, {self.dim}): rebuild the store with `curator index`")
-        return arr
+    def _relocated(self, part: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """Where a part rolled up since this manifest was read now holds its rows."""
+        found = relocate(self.manifest_file, self.manifest["parts"], part)
+        if found is None:
+            raise missing_file(self.vector_file(part))
+        return found
 
     def part_array(self, part: dict[str, Any]) -> np.ndarray:
         """One part's float16 vectors [rows, dim], memory-mapped (copy-on-write, never written)."""
         try:
-            return self._map(part)
+            return self.files.map(part, self.dim)
         except (FileNotFoundError, MissingFileError):
-            merged, off = relocate(self, part)
+            merged, off = self._relocated(part)
             try:
-                return self._map(merged)[off : off + int(part["rows"])]
+                return self.files.map(merged, self.dim)[off : off + int(part["rows"])]
             except (FileNotFoundError, MissingFileError):  # merged again since: the store keeps changing under this reader
-                raise self.missing(self.vector_file(part)) from None
+                raise missing_file(self.vector_file(part)) from None
 
     def _row_table(self, part: dict[str, Any], columns: list[str]) -> Any:
         import pyarrow.parquet as pq
@@ -306,12 +283,12 @@ class GradientStore:
         try:
             return pq.read_table(io.BytesIO(self.read_checked(part, "rows")), columns=columns)
         except MissingFileError:
-            merged, off = relocate(self, part)
+            merged, off = self._relocated(part)
             return pq.read_table(io.BytesIO(self.read_checked(merged, "rows")), columns=columns).slice(off, int(part["rows"]))
 
     def verify(self) -> None:
         """Check every vector part against its manifest checksum (streamed, two files at a time)."""
-        todo = [p for p in self.manifest["parts"] if str(self.vector_file(p)) not in self._verified]
+        todo = [p for p in self.manifest["parts"] if str(self.vector_file(p)) not in self.files.verified]
         if len(todo) < 2:
             for p in todo:
                 self.part_array(p)
@@ -372,4 +349,9 @@ class GradientStore:
         The approximate FAISS index when the store has a current one, else exact FAISS search
         over the stored vectors (see curator.store.search).
         """
-        return search.open_searcher([self], [1.0])
+        entry = self.manifest.get("index") or {}
+        if search.is_current(entry, self.n_rows):
+            f = self.path / entry["file"]
+            self.files.check(f, entry["sha256"])
+            return search.open_index(self, f, entry)
+        return search.ExactSearcher([self], [1.0])

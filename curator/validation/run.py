@@ -214,7 +214,10 @@ def _run_one(out: Path, strategy: str, seed: int, cands: list[Candidate], n: int
 
 
 def run_validate(candidates: str | Path, eval_path: str | Path, out: str | Path, config: ValidateConfig | None = None, progress: ProgressFn = no_progress, loaded: LoadedModel | None = None) -> ValidateResult:
-    """Fine-tune per strategy (and seed), measure, and compare with the predictions; write the report."""
+    """Fine-tune per strategy (and seed), measure, and compare with the predictions; write the report.
+
+    Returns a ``ValidateResult``: the report dict (each predictor's Spearman and top-1 against the
+    measured ranking), its file paths, and which (strategy, seed) runs were trained or reused."""
     config = config or ValidateConfig()
     out_dir = Path(out)
     _check_out(out_dir)
