@@ -17,6 +17,7 @@ This module draws those outputs:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -231,6 +232,12 @@ def _pick(logits: torch.Tensor, u: torch.Tensor, config: SamplingConfig) -> torc
 
 
 @torch.inference_mode()
+def _cache_argument(model: Any) -> str:
+    """The name of the KV cache in and out of ``model``'s forward: ``cache`` from transformers 5.24
+    (where ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def generate_batch(model: Any, prompt_ids: list[list[int]], seeds: list[list[int]], config: SamplingConfig, stop_ids: set[int], pad_id: int) -> list[list[list[int]]]:
     """Generated token ids (stop token excluded) for each prompt and each of its rows.
 
@@ -249,7 +256,8 @@ def generate_batch(model: Any, prompt_ids: list[list[int]], seeds: list[list[int
     pos = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     reps = torch.tensor([len(s) for s in seeds], device=device)
-    cache = out.past_key_values
+    cache_arg = _cache_argument(model)
+    cache = out[cache_arg]
     if int(reps.max()) > 1:  # one prefill per prompt, shared by its rows
         cache.batch_select_indices(torch.repeat_interleave(torch.arange(n, device=device), reps))
     logits = out.logits[:, -1, :].float().repeat_interleave(reps, dim=0)
@@ -275,8 +283,8 @@ def generate_batch(model: Any, prompt_ids: list[list[int]], seeds: list[list[int
             cache.batch_select_indices(keep)
             rows, nxt, mask, next_pos = rows[keep], nxt[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), use_cache=True, **{cache_arg: cache})
+        cache = out[cache_arg]
         logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
     result: list[list[list[int]]] = []
