@@ -58,7 +58,7 @@ class FastFeaturizer(Featurizer):
 
     def vectors(self, examples: list[Encoded], kind: str | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        grads = per_example_gradients(self.computer, examples, tokens_per_batch=self.tokens_per_batch, dtype=self.dtype, packing=self.packing)
+        grads = per_example_gradients(self.computer.model, self.computer.params, examples, tokens_per_batch=self.tokens_per_batch, dtype=self.dtype, packing=self.packing)
         t1 = time.perf_counter()
         vecs = normalize(self.projector.project(grads))
         t2 = time.perf_counter()
