@@ -135,6 +135,11 @@ class SearchSpec:
         return cls(str(d["type"]), tuple(sorted((str(k), int(v)) for k, v in d.get("params", {}).items())))
 
 
+def divisors(d: int) -> list[int]:
+    """The divisors of ``d``, ascending: the PQ sub-quantizer counts a projection dim allows."""
+    return [m for m in range(1, d + 1) if d % m == 0]
+
+
 def parse_search(text: str, dim: int | None = None) -> SearchSpec:
     """Parse ``TYPE[:key=value,...]``; raise InputError with a one-line fix for anything invalid."""
     kind, _, rest = str(text).strip().partition(":")
@@ -157,7 +162,7 @@ def parse_search(text: str, dim: int | None = None) -> SearchSpec:
     if params.get("M", 2) < 2:
         raise InputError(f"--search {text}: M={params['M']} is invalid: use an integer >= 2 (32 is typical)")
     if dim is not None and "m" in params and dim % params["m"]:
-        near = sorted((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: abs(m - params["m"]))[:3]
+        near = sorted(divisors(dim), key=lambda m: abs(m - params["m"]))[:3]
         raise InputError(f"--search {text}: m={params['m']} does not divide the projection dim {dim}: use one of {', '.join(map(str, sorted(near)))}")
     return SearchSpec(kind, tuple(sorted(params.items())))
 

@@ -12,8 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
 from curator.model.sampling import SamplingConfig
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "library.md"

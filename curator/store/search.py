@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from curator.config import SearchSpec
+from curator.config import SearchSpec, divisors
 from curator.io.atomic import write_atomic
 from curator.store.scan import VectorSource, exact_top_k, scan
 
@@ -41,13 +41,9 @@ BUILD_CHUNK_BYTES = 64 << 20  # float32 rows added to an index at a time
 SAMPLE_SEED = 0
 
 
-def _divisors(d: int) -> list[int]:
-    return [m for m in range(1, d + 1) if d % m == 0]
-
-
 def default_m(d: int) -> int:
     """PQ sub-quantizers: the largest divisor of d that is at most d/16 (16-dim sub-vectors)."""
-    return max(m for m in _divisors(d) if m <= max(1, d // 16))
+    return max(m for m in divisors(d) if m <= max(1, d // 16))
 
 
 def _flat_entry(spec: SearchSpec, n: int, d: int) -> dict[str, Any]:
