@@ -40,7 +40,7 @@ from curator.demo import demo_data_dir
 from curator.model.encoding import IGNORE_INDEX, Encoded
 from curator.gradients.fastgrad import buckets, pad_batch, pad_id_of, per_example_gradients
 from curator.influence.indexing import Featurizer, index_rows
-from curator.gradients.packing import pack, packed_attention, segment_ids, supports_packing
+from curator.gradients.packing import pack, packed_attention, packed_inputs, segment_ids, supports_packing
 from curator.gradients.scoredloss import fusable, scored_nll
 from curator.gradients.projection import RademacherProjector, normalize
 
@@ -120,8 +120,8 @@ def packed_floor(feat: FastFeaturizer, encs: list[Encoded], batch: int) -> None:
             keep = (targets.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
             example = segment_ids(segments)[keep]
             weight = (1.0 / torch.bincount(example).float())[example]
-            with packed_attention(comp.model, segments), ctx():
-                hidden = base.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+            with packed_attention(comp.model), ctx():
+                hidden = base.model(input_ids=ids, position_ids=positions, use_cache=False, **packed_inputs(segments, ids.device)).last_hidden_state
                 h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
             tgt = targets.reshape(-1).index_select(0, keep)
             if feat.dtype == "fp32" and fusable(base.get_output_embeddings()):

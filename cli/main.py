@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from curator import __version__
-from curator.cli.render import CuratorGroup, render_side_by_side, lora_from, lora_options, model_option, progress
+from curator.cli.render import CuratorGroup, device_from, device_options, render_side_by_side, lora_from, lora_options, model_option, progress, say_library_warnings
 from curator.config import GradientConfig, IndexConfig, ProjectionConfig
 from curator.alignment.metrics import ALL_METRICS
 from curator.errors import InputError
@@ -34,7 +34,11 @@ def cli(quiet: bool) -> None:
       curator align candidates.jsonl --out scores.parquet
       curator select scores.parquet --out selection/
       curator rank scores.parquet --influence influence.parquet --out ranking.csv
+
+    Commands that run a model take --device (auto, cpu, cuda, cuda:N, mps; or set
+    CURATOR_DEVICE) and --dtype (auto, fp32, bf16, fp16).
     """
+    say_library_warnings()
 
 
 @cli.command()
@@ -51,19 +55,21 @@ def cli(quiet: bool) -> None:
 @click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences, keeping response tokens first.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per committed batch.")
 @click.option("--tokens-per-batch", type=int, default=None, help="Tokens per batched backward (default 1024): packed without padding on Llama, Mistral and Qwen2/3 models, else length-bucketed and padded.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="bf16 autocast for the forward pass (faster, cosine ~0.999 to fp32).")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute each decoder layer in the backward instead of keeping its activations: long sequences fit (same gradients, ~30% slower).")
 @click.option("--search", default=None, metavar="TYPE[:K=V,...]", help="Index for --top-k searches: flat (exact; a new store's default), ivf, ivfpq or hnsw, e.g. ivf:nlist=1024,nprobe=32. Omitted: keep the store's. A new type rebuilds the index.")
 @lora_options
+@device_options
 @click.pass_context
-def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind: str, checkpoint: Path | None, dim: int, seed: int, max_length: int, batch_size: int, tokens_per_batch: int | None, dtype: str, **kw: object) -> None:
+def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind: str, checkpoint: Path | None, dim: int, seed: int, max_length: int, batch_size: int, tokens_per_batch: int | None, gradient_checkpointing: bool, **kw: object) -> None:
     """Featurise DATA (candidates or eval rows) into a gradient store at --out.
 
     Reruns resume: rows already in the store are skipped.
     """
     from curator.influence.indexing import index_file
 
-    gradient = GradientConfig(kind=kind, max_length=max_length, checkpoint=str(checkpoint) if checkpoint else None, dtype=dtype, tokens_per_batch=tokens_per_batch)
-    config = IndexConfig(model=model, lora=lora_from(kw), projection=ProjectionConfig(dim=dim, seed=seed, kind=str(kw.pop("projection_kind")), nonzeros=int(kw.pop("nonzeros"))), gradient=gradient, batch_size=batch_size)
+    gradient = GradientConfig(kind=kind, max_length=max_length, checkpoint=str(checkpoint) if checkpoint else None, tokens_per_batch=tokens_per_batch, gradient_checkpointing=gradient_checkpointing)
+    device = device_from(kw)
+    config = IndexConfig(model=model, lora=lora_from(kw), projection=ProjectionConfig(dim=dim, seed=seed, kind=str(kw.pop("projection_kind")), nonzeros=int(kw.pop("nonzeros"))), gradient=gradient, batch_size=batch_size, device=device)
     search = kw.pop("search")
     if search is not None:
         from dataclasses import replace
@@ -150,14 +156,17 @@ def study(train: tuple[Path, ...], evals: tuple[Path, ...], out: Path, baseline:
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step.")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences, keeping response tokens first.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the data order.")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute each decoder layer in the backward instead of keeping its activations: long sequences fit.")
 @lora_options
+@device_options
 @click.pass_context
-def warmup(ctx: click.Context, data: Path, out: Path, model: str, fraction: float, epochs: int, lr: float, batch_size: int, max_length: int, seed: int, **kw: object) -> None:
+def warmup(ctx: click.Context, data: Path, out: Path, model: str, fraction: float, epochs: int, lr: float, batch_size: int, max_length: int, seed: int, gradient_checkpointing: bool, **kw: object) -> None:
     """Train LoRA briefly and save checkpoints with Adam state (for --kind adam and multi-checkpoint influence)."""
     from curator.gradients.warmup import WarmupConfig, warmup as run_warmup
 
-    config = WarmupConfig(fraction=fraction, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed)
-    saved = run_warmup(data, out, model=model, lora=lora_from(kw), config=config, progress=progress(ctx))
+    config = WarmupConfig(fraction=fraction, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed, gradient_checkpointing=gradient_checkpointing)
+    device = device_from(kw)
+    saved = run_warmup(data, out, model=model, lora=lora_from(kw), config=config, progress=progress(ctx), device=device)
     for p in saved:
         click.echo(f"saved {p}")
 
@@ -175,15 +184,16 @@ def warmup(ctx: click.Context, data: Path, out: Path, model: str, fraction: floa
 @click.option("--sample-batch-size", type=int, default=8, show_default=True, help="Prompts per generation batch.")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Truncate longer sequences when scoring, keeping response tokens first.")
 @click.option("--n-demos", type=int, default=2, show_default=True, help="In-context examples of the model's own answers for self-aligned perplexity (sappl).")
+@device_options
 @click.pass_context
-def align(ctx: click.Context, data: Path, out: Path, model: str, k: int, metrics: str, temperature: float, top_p: float, max_new_tokens: int, seed: int, sample_batch_size: int, max_length: int, n_demos: int) -> None:
+def align(ctx: click.Context, data: Path, out: Path, model: str, k: int, metrics: str, temperature: float, top_p: float, max_new_tokens: int, seed: int, sample_batch_size: int, max_length: int, n_demos: int, **kw: object) -> None:
     """Score each candidate in DATA by how closely it matches outputs sampled from the target model."""
     from curator.alignment.align import AlignConfig, align_file
     from curator.alignment.metrics import parse_metrics
     from curator.model.sampling import SamplingConfig
 
     sampling = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=sample_batch_size)
-    config = AlignConfig(model=model, metrics=tuple(parse_metrics(metrics)), sampling=sampling, max_length=max_length, n_demos=n_demos)
+    config = AlignConfig(model=model, metrics=tuple(parse_metrics(metrics)), sampling=sampling, max_length=max_length, n_demos=n_demos, device=device_from(kw))
     r = align_file(data, out, config, progress=progress(ctx))
     n_groups = r.table["group"].nunique()
     click.echo(f"scored {len(r.table)} candidates in {n_groups} prompt groups ({', '.join(config.metrics)}) into {r.out}")
@@ -244,8 +254,9 @@ def rank(scores: Path, out: Path, influence_file: Path | None, w_alignment: floa
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest sampled output, in tokens.")
 @click.option("--no-align", is_flag=True, help="Skip the alignment signal (align + select + rank).")
 @click.option("--argilla", "with_argilla", is_flag=True, help="Then serve a local Argilla (data in OUT/argilla-data) and push the ranked candidates for annotators.")
+@device_options
 @click.pass_context
-def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None, k: int, max_new_tokens: int, no_align: bool, with_argilla: bool) -> None:
+def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None, k: int, max_new_tokens: int, no_align: bool, with_argilla: bool, **kw: object) -> None:
     """Run both signals on the bundled MMLU demo data, offline, and show them side by side.
 
     Alignment: align + select. Influence: index + influence + study. Then a ranking per prompt.
@@ -253,7 +264,7 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
     from curator.demo import run_demo
     from curator.model.sampling import SamplingConfig
 
-    r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, align=not no_align, sampling=SamplingConfig(k=k, max_new_tokens=max_new_tokens), progress=progress(ctx))
+    r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, align=not no_align, sampling=SamplingConfig(k=k, max_new_tokens=max_new_tokens), progress=progress(ctx), device=device_from(kw))
     click.echo(f"indexed {r.train.rows_total} candidates and {r.eval.rows_total} eval items; {r.train.truncated + r.eval.truncated} truncated")
     if r.side_by_side:
         click.echo(render_side_by_side(r.side_by_side))
@@ -301,8 +312,9 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
 @click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank of the fine-tuned adapters.")
 @click.option("--lora-alpha", type=int, default=16, show_default=True, help="LoRA alpha.")
 @click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True, help="Comma-separated module names that get LoRA.")
+@device_options
 @click.pass_context
-def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, model: str, strategies: tuple[str, ...], steps: int, lr: float, batch_size: int, examples: int | None, n_seeds: int, seed: int, max_length: int, measure: str, no_accuracy: bool, max_new_tokens: int, predictions: tuple[Path, ...], no_predict: bool, k: int, dim: int, lora_r: int, lora_alpha: int, lora_targets: str) -> None:
+def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, model: str, strategies: tuple[str, ...], steps: int, lr: float, batch_size: int, examples: int | None, n_seeds: int, seed: int, max_length: int, measure: str, no_accuracy: bool, max_new_tokens: int, predictions: tuple[Path, ...], no_predict: bool, k: int, dim: int, lora_r: int, lora_alpha: int, lora_targets: str, **kw: object) -> None:
     """Fine-tune on each strategy's candidates, measure on EVAL, and check curator's predicted rankings.
 
     Each strategy gets the same budget (examples, steps, lr, batch size, seed). The measured gain
@@ -330,6 +342,7 @@ def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, m
         predictions=tuple(str(p) for p in predictions),
         predict=not no_predict,
         prediction=PredictConfig(samples=k, max_new_tokens=max_new_tokens, dim=dim, max_length=max_length),
+        device=device_from(kw),
     )
     r = run_validate(candidates, eval_data, out, config, progress=progress(ctx))
     rep = r.report

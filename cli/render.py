@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable
 
 import click
 
-from curator.config import LoraSettings, ProgressFn
+from curator.config import ATTN_IMPLEMENTATIONS, DEVICE_ENV, DTYPES, DeviceConfig, LoraSettings, ProgressFn
 from curator.errors import CuratorError
 
 
@@ -87,6 +88,39 @@ def lora_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def lora_from(kw: dict[str, Any]) -> LoraSettings:
     targets = tuple(t.strip() for t in kw.pop("lora_targets").split(",") if t.strip())
     return LoraSettings(r=kw.pop("lora_r"), alpha=kw.pop("lora_alpha"), target_modules=targets, seed=kw.pop("lora_seed"))
+
+
+def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--device/--dtype/--attn-implementation, for every command that runs a model."""
+    f = click.option("--attn-implementation", "attn_implementation", type=click.Choice(ATTN_IMPLEMENTATIONS), default="auto", show_default=True, help="Attention kernel; auto: flash-attention varlen for packed batches where flash-attn is installed (CUDA, bf16/fp16), else SDPA.")(f)
+    f = click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help="Compute dtype; auto: bf16 on a GPU that supports it, else fp32. On a GPU the weights load in it; on the CPU bf16 runs under autocast.")(f)
+    f = click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N|mps", help=f"Where the model runs [default: ${DEVICE_ENV}, else auto: CUDA, then MPS, then the CPU].")(f)
+    return f
+
+
+def device_from(kw: dict[str, Any]) -> DeviceConfig:
+    """The DeviceConfig of --device/--dtype/--attn-implementation, checked against this machine and
+    printed once (on stderr): ``device: cuda:0 (NVIDIA H100 80GB HBM3), bf16``."""
+    from curator.model.device import resolve
+
+    config = DeviceConfig(device=kw.pop("device"), dtype=kw.pop("dtype"), attn_implementation=kw.pop("attn_implementation"))
+    placement = resolve(config)
+    click.echo(f"device: {placement.describe()}", err=True)
+    return config
+
+
+class _Say(logging.Handler):
+    """Prints the library's warnings (out-of-memory back-off) as one line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
+def say_library_warnings() -> None:
+    log = logging.getLogger("curator")
+    if not any(isinstance(h, _Say) for h in log.handlers):
+        log.addHandler(_Say(level=logging.WARNING))
+        log.propagate = False
 
 
 model_option = click.option("--model", default="smollm2-135m", show_default=True, help="Model spec: smollm2-135m (bundled), tiny-random, a local HF folder, or a hub id (online only).")

@@ -8,6 +8,12 @@ from typing import Any, Callable
 from curator.errors import InputError
 
 GRADIENT_KINDS = ("sgd", "adam")
+# --dtype: auto is bf16 on a GPU that supports it, else fp32 (resolved by curator.model.device)
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+# --attn-implementation: auto is flash-attention varlen for packed batches where flash-attn is installed, else SDPA
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+# The environment variable that sets --device when the option is not given
+DEVICE_ENV = "CURATOR_DEVICE"
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -82,8 +88,9 @@ class GradientConfig:
     checkpoint: str | None = None
     lr_weight: float = 1.0
     adam_eps: float = 1e-8
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto: the model's compute dtype (DeviceConfig.dtype, resolved by curator.model.device)
     tokens_per_batch: int | None = None
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward: long sequences fit
 
     def __post_init__(self) -> None:
         if self.kind not in GRADIENT_KINDS:
@@ -92,8 +99,8 @@ class GradientConfig:
             raise InputError("gradient kind 'adam' needs a warm-up checkpoint with optimizer state: pass --checkpoint DIR (made by `curator warmup`)")
         if self.max_length < 8:
             raise InputError(f"max_length={self.max_length} is too small: use at least 8 (--max-length)")
-        if self.dtype not in ("fp32", "bf16"):
-            raise InputError(f"dtype {self.dtype!r} is unknown: use fp32 or bf16 (--dtype)")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype {self.dtype!r} is unknown: use one of {', '.join(DTYPES)} (--dtype)")
         if self.tokens_per_batch is not None and self.tokens_per_batch < 1:
             raise InputError(f"--tokens-per-batch {self.tokens_per_batch} is invalid: use an integer >= 1")
         if self.lr_weight <= 0:
@@ -168,6 +175,23 @@ def parse_search(text: str, dim: int | None = None) -> SearchSpec:
 
 
 @dataclass(frozen=True)
+class DeviceConfig:
+    """Where a model runs: ``device`` (auto, cpu, cuda, cuda:N or mps; None reads $CURATOR_DEVICE,
+    else auto), the compute ``dtype`` and the attention implementation. Not part of any artefact's
+    identity except through the dtype; ``curator.model.device.resolve`` checks it against the machine."""
+
+    device: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype {self.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise InputError(f"--attn-implementation {self.attn_implementation!r} is unknown: use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     """Everything that defines the vectors in a gradient store."""
 
@@ -177,6 +201,7 @@ class IndexConfig:
     gradient: GradientConfig = field(default_factory=GradientConfig)
     batch_size: int = 32
     search: str | None = None  # search index type (SearchSpec, built by curator.store.search); None keeps the store's, flat for a new one
+    device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

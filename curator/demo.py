@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from curator.alignment.align import AlignConfig, AlignResult, samples_path, score_candidates
-from curator.config import GradientConfig, IndexConfig, ProgressFn, ProjectionConfig, no_progress
+from curator.config import DeviceConfig, GradientConfig, IndexConfig, ProgressFn, ProjectionConfig, no_progress
 from curator.io.data import Candidate, EvalItem, load_candidates, load_eval
 from curator.errors import InputError
 from curator.influence.indexing import Featurizer, IndexResult, index_rows
@@ -84,7 +84,7 @@ def side_by_side(study: dict[str, Any], selection: dict[str, Any] | None) -> lis
     return rows
 
 
-def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, align: bool = True, sampling: SamplingConfig | None = None, progress: ProgressFn = no_progress) -> DemoResult:
+def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, align: bool = True, sampling: SamplingConfig | None = None, progress: ProgressFn = no_progress, device: DeviceConfig | None = None) -> DemoResult:
     """Both signals on the bundled data into ``out``: align + select, index + influence + study, ranking.
 
     Returns a ``DemoResult`` with the path of every artefact, the study's verdicts, the
@@ -97,7 +97,7 @@ def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_
     cands, evals = subset(load_candidates(data / "candidates.jsonl"), load_eval(data / "eval.jsonl"), tasks, probes)
     config = IndexConfig(model=model, projection=ProjectionConfig(dim=dim), gradient=GradientConfig(max_length=max_length), batch_size=batch_size)
     progress("load model", 0, 1)
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     progress("load model", 1, 1)
     scores_path = selection = selection_paths = aligned = None
     if align:  # before LoRA is attached for the gradients

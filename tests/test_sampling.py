@@ -12,10 +12,11 @@ import torch
 from curator.model.encoding import render
 from curator.errors import InputError
 from curator.model.models import LoadedModel, load_model
+from curator.model.decoding import pick as _pick
 from curator.model.sampling import (
     SamplingConfig,
     SamplingStats,
-    _pick,
+
     cache_key,
     generate_batch,
     prompt_text_for_generation,

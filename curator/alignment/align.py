@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from curator.alignment.similarity import Embedder, HiddenStates, non_empty, score_alignment
-from curator.config import ProgressFn, no_progress
+from curator.config import DeviceConfig, ProgressFn, no_progress
 from curator.io.data import Candidate, Prompt, load_candidates
 from curator.errors import InputError
 from curator.alignment.metrics import ALIGNMENT_METRICS, ALL_METRICS
@@ -43,6 +43,7 @@ class AlignConfig:
     max_length: int = 512
     n_demos: int = 2
     batch_size: int = 8
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # where the model runs (curator.model.device)
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -137,7 +138,7 @@ def align_file(data: str | Path, out: str | Path, config: AlignConfig, progress:
     Returns the ``AlignResult``; the model is loaded from ``config.model`` unless ``loaded`` is given."""
     out_path = check_table_path(out)
     cands = load_candidates(data)
-    loaded = loaded or load_model(config.model)
+    loaded = loaded or load_model(config.model, config.device)
     result = score_candidates(cands, loaded, config, samples_path(out_path), progress)
     write_table(result.table, out_path)
     return AlignResult(result.table, out_path, result.samples_file, result.sampling, result.empty_samples, result.groups_without_samples, result.seconds)

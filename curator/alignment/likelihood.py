@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from curator.io.data import Message, Prompt
-from curator.model.encoding import IGNORE_INDEX, Encoded, encode
+from curator.model.device import model_device
+from curator.model.encoding import IGNORE_INDEX, Encoded, encode, right_padded
 from curator.errors import InputError
 
 Demo = tuple[Prompt, str]
@@ -56,23 +57,15 @@ def response_nll(loaded: Any, examples: Sequence[Encoded], batch_size: int = 8) 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(examples[i].input_ids) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            n = len(examples[i].input_ids)
-            ids[r, :n] = torch.tensor(examples[i].input_ids)
-            labels[r, :n] = torch.tensor(examples[i].labels)
-            mask[r, :n] = 1
+        ids, labels, mask = right_padded([examples[i] for i in idx], pad_id, model_device(model))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
         scored = target != IGNORE_INDEX
         counts = scored.sum(1)
         means = (nll * scored).sum(1) / counts
-        for r, i in enumerate(idx):
-            out[i] = (float(means[r]), int(counts[r]))
+        for i, m, c in zip(idx, means.tolist(), counts.tolist()):  # only the scores come back
+            out[i] = (float(m), int(c))
     return out
 
 

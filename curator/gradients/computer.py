@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from curator.config import LoraSettings
 from curator.model.encoding import IGNORE_INDEX, Encoded
 from curator.errors import InputError, MismatchError
-from curator.gradients.fastgrad import per_example_gradients
+from curator.gradients.fastgrad import Backoff, per_example_gradients
+from curator.model.device import model_device
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 CHECKPOINT_FILE = "checkpoint.json"
@@ -104,8 +105,9 @@ def load_checkpoint(peft_model: Any, path: str | Path, lora: LoraSettings, model
 
 def response_loss(model: Any, enc: Encoded) -> torch.Tensor:
     """Mean next-token cross-entropy over the response tokens of one example."""
-    ids = torch.tensor([enc.input_ids], dtype=torch.long)
-    labels = torch.tensor(enc.labels[1:], dtype=torch.long)
+    device = model_device(model)
+    ids = torch.tensor([enc.input_ids], dtype=torch.long, device=device)
+    labels = torch.tensor(enc.labels[1:], dtype=torch.long, device=device)
     if not bool((labels != IGNORE_INDEX).any()):
         raise InputError("an example has no response token left to score after truncation: raise --max-length")
     logits = model(input_ids=ids).logits[0, :-1]
@@ -129,13 +131,15 @@ class GradientComputer:
         self.params = lora_parameters(self.model)
         self.n_params = sum(p.numel() for _, p in self.params)
         self.adam_eps = adam_eps
+        self.device = model_device(self.model)
+        self.backoff = Backoff()  # out-of-memory back-off, kept across the batches of one run
         if self.checkpoint is not None:
-            self._m = torch.cat([self.checkpoint.exp_avg[n].reshape(-1).float() for n, _ in self.params])
-            self._v = torch.cat([self.checkpoint.exp_avg_sq[n].reshape(-1).float() for n, _ in self.params])
+            self._m = torch.cat([self.checkpoint.exp_avg[n].reshape(-1).float() for n, _ in self.params]).to(self.device)
+            self._v = torch.cat([self.checkpoint.exp_avg_sq[n].reshape(-1).float() for n, _ in self.params]).to(self.device)
 
     def reference_gradients(self, examples: list[Encoded]) -> torch.Tensor:
-        """Exact per-example raw gradients, [n, n_params], one backward per example."""
-        out = torch.empty(len(examples), self.n_params, dtype=torch.float32)
+        """Exact per-example raw gradients, [n, n_params] on the model's device, one backward per example."""
+        out = torch.empty(len(examples), self.n_params, dtype=torch.float32, device=self.device)
         tensors = [p for _, p in self.params]
         for i, enc in enumerate(examples):
             loss = response_loss(self.model, enc)
@@ -143,13 +147,15 @@ class GradientComputer:
             out[i] = torch.cat([g.reshape(-1) for g in grads])
         return out
 
-    def gradients(self, examples: list[Encoded], kind: str = "sgd", dtype: str = "fp32", tokens_per_batch: int | None = None) -> torch.Tensor:
-        """Per-example gradients of the given kind (``sgd`` or ``adam``), [n, n_params].
+    def gradients(self, examples: list[Encoded], kind: str = "sgd", dtype: str = "fp32", tokens_per_batch: int | None = None, attention: str = "auto", gradient_checkpointing: bool = False) -> torch.Tensor:
+        """Per-example gradients of the given kind (``sgd`` or ``adam``), [n, n_params] float32 on the model's device.
 
-        ``dtype="bf16"`` runs the forward under bf16 autocast; ``tokens_per_batch`` caps the padded
-        tokens of one batched backward (examples are bucketed by length).
+        ``dtype="bf16"`` runs the forward in bf16 (weights already in bf16 on a GPU, autocast on the
+        CPU); ``tokens_per_batch`` caps the tokens of one batched backward (examples are bucketed by
+        length); ``attention`` picks the packed batches' kernel; ``gradient_checkpointing``
+        recomputes each layer in the backward. A device OOM halves the batch and retries.
         """
-        raw = per_example_gradients(self.model, self.params, examples, tokens_per_batch=tokens_per_batch, dtype=dtype)  # batched; reference_gradients stays the oracle
+        raw = per_example_gradients(self.model, self.params, examples, tokens_per_batch=tokens_per_batch, dtype=dtype, attention=attention, gradient_checkpointing=gradient_checkpointing, backoff=self.backoff)  # batched; reference_gradients stays the oracle
         if kind == "sgd":
             return raw
         if kind == "adam":

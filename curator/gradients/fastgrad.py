@@ -28,21 +28,25 @@ the layout of ``GradientComputer.reference_gradients``.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable, Iterator, Sequence
+import logging
+from collections import deque
+from contextlib import ExitStack, nullcontext
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from curator.model.encoding import IGNORE_INDEX, Encoded
-from curator.errors import InputError
-from curator.gradients.packing import PACKABLE_MODEL_TYPES, base_model, pack, packed_attention, segment_ids, supports_packing
+from curator.errors import CuratorRuntimeError, InputError
+from curator.gradients.checkpointing import checkpointed_layers, modules_inside
+from curator.gradients.hooks import GradientHooks, Params, segment_gather_index
+from curator.gradients.packing import PACKABLE_MODEL_TYPES, base_model, pack, packed_attention, packed_inputs, packed_kernel, segment_ids, supports_packing
 from curator.gradients.scoredloss import fusable, scored_nll
+from curator.model.device import Placement, is_out_of_memory, model_device, release_cached_memory
 
-# (name, parameter) pairs in gradient-layout order, as ``lora_parameters`` gives them
-Params = Sequence[tuple[str, torch.nn.Parameter]]
+log = logging.getLogger("curator")
 
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp16")
 # The default batch when neither a count nor a token budget is given: tokens per batch.
 DEFAULT_TOKENS_PER_BATCH = 1024
 
@@ -83,90 +87,6 @@ def buckets(examples: Sequence[Encoded], batch_size: int | None = None, tokens_p
     return out
 
 
-class _Hooks:
-    """Hooks on the trainable LoRA Linears that write per-example gradients into ``self.out``."""
-
-    def __init__(self, model: Any, params: Params) -> None:
-        slots: dict[int, tuple[int, torch.Size]] = {}
-        off = 0
-        for _, p in params:
-            slots[id(p)] = (off, p.shape)
-            off += p.numel()
-        self.n_params = off
-        self.out: torch.Tensor | None = None  # [B, n_params] for the batch in flight
-        self.mask: torch.Tensor | None = None  # padded batch: [B, T, 1] float, 1 on real tokens
-        self.segments: list[tuple[int, int]] | None = None  # packed batch: example b is row positions [s, e)
-        self.roots: list[torch.Tensor] = []  # outputs the backward must reach
-        self._root_ids: set[int] = set()
-        self._handles: list[Any] = []
-        found: set[int] = set()
-        for _, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and id(module.weight) in slots:
-                if module.bias is not None and module.bias.requires_grad:
-                    raise NotImplementedError("fast per-example gradients cover LoRA weights only, not trainable biases")
-                found.add(id(module.weight))
-                self._handles.append(module.register_forward_hook(self._forward_hook(*slots[id(module.weight)])))
-        missing = [n for n, p in params if id(p) not in found]
-        if missing:
-            self.remove()
-            raise NotImplementedError(f"trainable parameter {missing[0]} is not a Linear weight: fast per-example gradients do not cover it")
-
-    def _forward_hook(self, off: int, shape: torch.Size) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if self.out is None or not output.requires_grad:
-                return
-            x = inputs[0]
-            holder = [x]
-
-            def on_grad(g: torch.Tensor) -> None:
-                self._accumulate(off, shape, holder.pop(), g)
-
-            output.register_hook(on_grad)
-            # lora_B consumes lora_A's output directly: reaching lora_A's output in the backward
-            # already runs lora_B's hook, so an output whose input is a root is not a root itself.
-            # (Roots stay referenced in self.roots, so their ids cannot be reused meanwhile.)
-            if id(x) not in self._root_ids:
-                self.roots.append(output)
-                self._root_ids.add(id(output))
-
-        return hook
-
-    def _accumulate(self, off: int, shape: torch.Size, x: torch.Tensor, g: torch.Tensor) -> None:
-        """out[b, W slice] += Σ_t g[b,t]ᵀ x[b,t], in float32 whatever the autocast dtype."""
-        out, mask, segments = self.out, self.mask, self.segments
-        if out is None or (mask is None and segments is None):
-            return
-        b = out.shape[0]
-        k = shape[0] * shape[1]
-        if segments is not None:  # packed: one row, example b owns positions [s, e)
-            with torch.autocast("cpu", enabled=False):
-                x = x.reshape(-1, x.shape[-1]).float()
-                g = g.reshape(-1, g.shape[-1]).float()
-                for i, (s, e) in enumerate(segments):
-                    out[i, off : off + k].view(shape[0], shape[1]).addmm_(g[s:e].t(), x[s:e])
-            return
-        assert mask is not None
-        with torch.autocast("cpu", enabled=False):
-            x = x.reshape(b, -1, x.shape[-1]).float()
-            g = g.reshape(b, -1, g.shape[-1]).float()
-            # mask the narrower side (r columns): padded positions must add nothing
-            if g.shape[-1] <= x.shape[-1]:
-                g = g * mask
-            else:
-                x = x * mask
-            out[:, off : off + k].view(b, shape[0], shape[1]).add_(torch.bmm(g.transpose(1, 2), x))
-
-    def reset(self) -> None:
-        self.out, self.mask, self.segments, self.roots = None, None, None, []
-        self._root_ids = set()
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self.reset()
-
-
 def pad_batch(examples: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded inputs (last token dropped: it predicts nothing scored), attention mask and targets."""
     n = max(len(e.input_ids) for e in examples) - 1
@@ -193,21 +113,49 @@ def pad_id_of(model: Any) -> int:
     return 0
 
 
-def _batch(model: Any, hooks: _Hooks, examples: list[Encoded], dtype: str, pad_id: int, packed: bool) -> torch.Tensor:
-    """Per-example gradients of one batch (packed into one row, or padded), [B, n_params] float32."""
-    model_inputs: dict[str, torch.Tensor]
+def batch_tokens(examples: Sequence[Encoded], packed: bool) -> int:
+    """A batch's size as ``buckets`` counts it: the packed length, or longest × count when padded."""
+    lengths = [len(e.input_ids) for e in examples]
+    return sum(lengths) if packed else max(lengths) * len(lengths)
+
+
+class Backoff:
+    """Out-of-memory back-off shared by the batches of one run: after a device OOM, a batch is
+    split to half its token size and retried, and later batches keep under that cap. It says so
+    once, through the ``curator`` logger (the CLI prints it)."""
+
+    def __init__(self) -> None:
+        self.cap: int | None = None
+        self.said = False
+
+    def shrink(self, size: int, device: torch.device, what: str = "tokens") -> int:
+        new = max(1, size // 2)
+        self.cap = new if self.cap is None else min(self.cap, new)
+        if not self.said:
+            log.warning("out of memory on %s with a batch of %d %s: halving it to %d and retrying (later batches stay under that)", device, size, what, new)
+            self.said = True
+        return new
+
+
+def _batch(model: Any, hooks: GradientHooks, examples: list[Encoded], dtype: str, pad_id: int, packed: bool, kernel: str, device: torch.device) -> torch.Tensor:
+    """Per-example gradients of one batch (packed into one row, or padded), [B, n_params] float32, on ``device``."""
+    model_inputs: dict[str, Any]
     if packed:
         ids, positions, targets, segments = pack(examples)
-        example_of_position = segment_ids(segments)
-        model_inputs = {"input_ids": ids, "position_ids": positions}
+        example_of_position = segment_ids(segments).to(device)
+        model_inputs = {"input_ids": ids.to(device), "position_ids": positions.to(device), **packed_inputs(segments, device, kernel)}
         hooks.segments = segments
-        attention = packed_attention(model, segments)
+        if device.type != "cpu":  # a GPU prefers one batched product to one per example
+            hooks.gather = segment_gather_index(segments, device)
+        attention = packed_attention(model, kernel)
     else:
         ids, mask, targets = pad_batch(examples, pad_id)
-        example_of_position = torch.arange(len(examples)).repeat_interleave(ids.shape[1])
+        ids, mask = ids.to(device), mask.to(device)
+        example_of_position = torch.arange(len(examples), device=device).repeat_interleave(ids.shape[1])
         model_inputs = {"input_ids": ids, "attention_mask": mask}
         hooks.mask = mask.unsqueeze(-1).to(torch.float32)
         attention = nullcontext()
+    targets = targets.to(device)
     rows = (targets.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)  # flat positions whose logits are needed
     example_of_row = example_of_position.index_select(0, rows)
     n_scored = torch.bincount(example_of_row, minlength=len(examples))
@@ -220,7 +168,7 @@ def _batch(model: Any, hooks: _Hooks, examples: list[Encoded], dtype: str, pad_i
         h = args[0]
         return (h.reshape(-1, h.shape[-1]).index_select(0, rows), *args[1:])
 
-    hooks.out = torch.zeros(len(examples), hooks.n_params, dtype=torch.float32)
+    hooks.out = torch.zeros(len(examples), hooks.n_params, dtype=torch.float32, device=device)
     base = base_model(model)
     lm_head = base.get_output_embeddings()
     row_targets = targets.reshape(-1).index_select(0, rows)
@@ -229,21 +177,22 @@ def _batch(model: Any, hooks: _Hooks, examples: list[Encoded], dtype: str, pad_i
     fused = packed and dtype == "fp32" and fusable(lm_head)
     handle = None if fused else lm_head.register_forward_pre_hook(gather_rows)
     try:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
         with torch.enable_grad(), attention:
             if fused:
                 hidden = base.model(**model_inputs, use_cache=False).last_hidden_state
                 loss = scored_nll(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), lm_head.weight, row_targets, row_weight)
             else:
                 assert handle is not None
-                with ctx:
+                with Placement(device, dtype).autocast():
                     logits = model(**model_inputs, use_cache=False).logits
                 handle.remove()
                 if logits.dim() != 2 or logits.shape[0] != rows.numel():
                     raise NotImplementedError(f"{type(base).__name__} reshapes its logits: fast per-example gradients do not support it")
                 loss = (F.cross_entropy(logits.float(), row_targets, reduction="none") * row_weight).sum()
             # backward outside autocast; only the hooked outputs are asked for, so the summed
-            # LoRA weight gradients (.grad) are never formed
+            # LoRA weight gradients (.grad) are never formed. A checkpointed layer's forward runs
+            # again from here on: the hooks hand its inputs over instead of hooking anew.
+            hooks.replaying = True
             torch.autograd.grad(loss, hooks.roots)
         return hooks.out
     finally:
@@ -260,13 +209,21 @@ def iter_per_example_gradients(
     tokens_per_batch: int | None = None,
     dtype: str = "fp32",
     packing: bool | None = None,
+    attention: str = "auto",
+    gradient_checkpointing: bool = False,
+    backoff: Backoff | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (indices into ``examples``, their gradients [len, n_params]) one batch at a time.
+    """Yield (indices into ``examples``, their gradients [len, n_params] on the model's device) one batch at a time.
 
     ``model`` is the peft model whose trainable LoRA ``params`` (the gradient layout) are hooked.
 
     ``packing``: None packs batches wherever that is exact (``curator.gradients.packing.supports_packing``),
     False always pads, True packs or raises NotImplementedError for a model it would not be exact for.
+    ``attention``: the packed batches' attention (``curator.gradients.packing.packed_kernel``).
+    ``gradient_checkpointing``: recompute each decoder layer in the backward instead of keeping
+    its activations (``curator.gradients.checkpointing``); the gradients are the same.
+    A device out-of-memory error splits the batch in two by tokens and retries it (``Backoff``);
+    a batch is yielded only once it has succeeded, so no row is lost or given twice.
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)} (--dtype)")
@@ -275,12 +232,42 @@ def iter_per_example_gradients(
         raise NotImplementedError(f"{type(base_model(model)).__name__}: packed batches are exact only for {', '.join(sorted(PACKABLE_MODEL_TYPES))} models")
     packed = packable if packing is None else packing
     pad_id = pad_id_of(model)
-    hooks = _Hooks(model, params)
-    try:
-        for idx in buckets(examples, batch_size, tokens_per_batch, packed=packed):
-            yield idx, _batch(model, hooks, [examples[i] for i in idx], dtype, pad_id, packed)
-    finally:
-        hooks.remove()
+    device = model_device(model)
+    kernel = packed_kernel(model, attention) if packed else "sdpa"
+    backoff = backoff or Backoff()
+    with ExitStack() as stack:
+        replayed = modules_inside(stack.enter_context(checkpointed_layers(model))) if gradient_checkpointing else frozenset()
+        hooks = GradientHooks(model, params, replayed)
+        stack.callback(hooks.remove)
+        queue = deque(buckets(examples, batch_size, tokens_per_batch, packed=packed))
+        while queue:
+            idx = queue.popleft()
+            size = batch_tokens([examples[i] for i in idx], packed)
+            if backoff.cap is not None and size > backoff.cap and len(idx) > 1:
+                queue.extendleft(reversed(_split(examples, idx, backoff.cap, packed)))
+                continue
+            grads = None
+            try:
+                grads = _batch(model, hooks, [examples[i] for i in idx], dtype, pad_id, packed, kernel, device)
+            except Exception as exc:  # noqa: BLE001 (only a device OOM is handled; the rest re-raised)
+                if not is_out_of_memory(exc):
+                    raise
+            if grads is None:  # out of memory: retried in halves, once the failed batch's tensors are freed
+                release_cached_memory(device)
+                if len(idx) == 1:
+                    raise CuratorRuntimeError(f"one example of {size} tokens does not fit in {device} memory on its own: lower --max-length, or add --gradient-checkpointing")
+                queue.extendleft(reversed(_split(examples, idx, backoff.shrink(size, device), packed)))
+                continue
+            yield idx, grads
+
+
+def _split(examples: Sequence[Encoded], idx: list[int], cap: int, packed: bool) -> list[list[int]]:
+    """``idx`` cut into batches of at most ``cap`` tokens (at least two, each holding one example or more)."""
+    sub = buckets([examples[i] for i in idx], tokens_per_batch=cap, packed=packed)
+    if len(sub) == 1:  # the cap cannot split it by tokens (one long example dominates): halve by count
+        half = len(idx) // 2
+        sub = [list(range(half)), list(range(half, len(idx)))]
+    return [[idx[j] for j in part] for part in sub]
 
 
 def per_example_gradients(
@@ -291,9 +278,12 @@ def per_example_gradients(
     tokens_per_batch: int | None = None,
     dtype: str = "fp32",
     packing: bool | None = None,
+    attention: str = "auto",
+    gradient_checkpointing: bool = False,
+    backoff: Backoff | None = None,
 ) -> torch.Tensor:
-    """Raw per-example gradients [n, n_params] float32, in the order and layout of ``reference_gradients``."""
-    out = torch.empty(len(examples), sum(p.numel() for _, p in params), dtype=torch.float32)
-    for idx, grads in iter_per_example_gradients(model, params, examples, batch_size, tokens_per_batch, dtype, packing):
-        out[torch.tensor(idx, dtype=torch.long)] = grads
+    """Raw per-example gradients [n, n_params] float32 on the model's device, in the order and layout of ``reference_gradients``."""
+    out = torch.empty(len(examples), sum(p.numel() for _, p in params), dtype=torch.float32, device=model_device(model))
+    for idx, grads in iter_per_example_gradients(model, params, examples, batch_size, tokens_per_batch, dtype, packing, attention, gradient_checkpointing, backoff):
+        out[torch.tensor(idx, dtype=torch.long, device=out.device)] = grads
     return out

@@ -66,10 +66,10 @@ class RademacherProjector:
     def project(self, grads: torch.Tensor) -> torch.Tensor:
         """[n, input_dim] float → [n, dim] float32 (not normalised)."""
         g = _check(grads, self.input_dim)
-        out = torch.zeros(g.shape[0], self.config.dim, dtype=torch.float32)
+        out = torch.zeros(g.shape[0], self.config.dim, dtype=torch.float32, device=g.device)
         for b in range(self.n_blocks):
             lo = b * BLOCK_ROWS
-            block = self._rows(b)
+            block = self._rows(b).to(g.device)
             out.addmm_(g[:, lo : lo + block.shape[0]], block)
         return out.mul_(self.scale)
 
@@ -105,15 +105,17 @@ class SparseProjector:
     def project(self, grads: torch.Tensor) -> torch.Tensor:
         """[n, input_dim] float → [n, dim] float32 (not normalised); each row independently."""
         g = _check(grads, self.input_dim)
-        out = torch.zeros(g.shape[0], self.config.dim, dtype=torch.float32)
+        if self.positions.device != g.device:  # the matrix moves once to where the gradients are
+            self.positions, self.weights = self.positions.to(g.device), self.weights.to(g.device)
+        out = torch.zeros(g.shape[0], self.config.dim, dtype=torch.float32, device=g.device)
         for j in range(self.config.nonzeros):
             out.index_add_(1, self.positions[j], g * self.weights[j])
         return out
 
     def matrix(self) -> torch.Tensor:
         """The full matrix [input_dim, dim] (for tests on small inputs only)."""
-        m = torch.zeros(self.input_dim, self.config.dim, dtype=torch.float32)
-        rows = torch.arange(self.input_dim)
+        m = torch.zeros(self.input_dim, self.config.dim, dtype=torch.float32, device=self.positions.device)
+        rows = torch.arange(self.input_dim, device=self.positions.device)
         for j in range(self.config.nonzeros):
             m[rows, self.positions[j]] += self.weights[j]
         return m

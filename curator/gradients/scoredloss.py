@@ -25,7 +25,7 @@ class _ScoredNLL(torch.autograd.Function):
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             z = hidden @ weight.t()  # [rows, vocab]
-            rows = torch.arange(len(targets))
+            rows = torch.arange(len(targets), device=targets.device)
             z_target = z[rows, targets]
             top = z.amax(dim=1)
             z.sub_(top[:, None]).exp_()

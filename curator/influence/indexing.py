@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
+import torch
 
 from curator.config import IndexConfig, ProgressFn, no_progress
 from curator.io.data import Candidate, EvalItem, load_rows
 from curator.model.encoding import Encoded, encode
 from curator.errors import InputError
 from curator.gradients.computer import GradientComputer
+from curator.model.device import Placement
 from curator.model.models import LoadedModel, load_model
 from curator.gradients.projection import BLOCK_ROWS, Projector, normalize
 from curator.store.store import GradientStore
@@ -44,9 +46,10 @@ class Featurizer:
 
     def __init__(self, config: IndexConfig, loaded: LoadedModel | None = None) -> None:
         self.config = config
-        self.loaded = loaded or load_model(config.model)
+        self.loaded = loaded or load_model(config.model, config.device)
         self.computer = GradientComputer(self.loaded.model, config.lora, config.gradient.checkpoint, config.gradient.adam_eps, self.loaded.fingerprint)
         self.projector = Projector(config.projection, self.computer.n_params)
+        self.dtype = compute_dtype(config.gradient.dtype, self.loaded.placement)
 
     def identity(self, role: str, kind: str | None = None) -> dict[str, Any]:
         """The manifest fields that define the vectors this featurizer makes."""
@@ -60,7 +63,8 @@ class Featurizer:
             "gradient": {
                 "kind": kind or g.kind,
                 "max_length": g.max_length,
-                "dtype": g.dtype,
+                "dtype": self.dtype,
+                "device": self.loaded.placement.device.type,  # recorded, not compared (IDENTITY_FIELDS)
                 "checkpoint": None if ckpt is None else {"name": Path(ckpt.path).name, "step": ckpt.step, "fingerprint": ckpt.fingerprint},
                 "lr_weight": ckpt.lr if ckpt is not None else 1.0,
             },
@@ -72,8 +76,20 @@ class Featurizer:
     def vectors(self, examples: list[Encoded], kind: str | None = None) -> np.ndarray:
         """Projected, L2-normalised per-example gradients, float32 [n, dim]."""
         g = self.config.gradient
-        grads = self.computer.gradients(examples, kind or g.kind, dtype=g.dtype, tokens_per_batch=g.tokens_per_batch)
-        return normalize(self.projector.project(grads))
+        grads = self.computer.gradients(examples, kind or g.kind, dtype=self.dtype, tokens_per_batch=g.tokens_per_batch, attention=self.loaded.placement.attn_implementation, gradient_checkpointing=g.gradient_checkpointing)
+        return normalize(self.projector.project(grads))  # projected on the device; only [n, dim] comes back
+
+
+def compute_dtype(requested: str, placement: Placement) -> str:
+    """The dtype the gradients are taken in: the model's compute dtype, unless a narrower one is
+    asked for on fp32 weights (bf16 autocast on the CPU). Refuses a dtype wider than the weights."""
+    if requested in ("auto", placement.dtype):
+        return placement.dtype
+    if placement.weights_dtype != torch.float32:
+        raise InputError(f"gradient dtype {requested} on a model loaded in {placement.dtype} on {placement.device}: load it with --dtype {requested}, or leave the gradient dtype to auto")
+    if requested == "fp16" and placement.device.type == "cpu":
+        raise InputError("--dtype fp16 runs on a GPU only: use bf16 or fp32 on the CPU")
+    return requested
 
 
 def _row_record(row: Row, enc: Encoded) -> dict[str, Any]:

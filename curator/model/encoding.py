@@ -10,7 +10,7 @@ start, and only a response longer than ``max_length`` is itself cut at its end.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from curator.io.data import Prompt, prompt_text
 
@@ -60,3 +60,19 @@ def encode(tokenizer: Any, prompt: Prompt, response: str, max_length: int) -> En
         n_response=len(r_ids),
         truncated=truncated,
     )
+
+
+def right_padded(examples: Sequence[Encoded], pad_id: int, device: Any = None) -> tuple[Any, Any, Any]:
+    """Right-padded input ids, labels (IGNORE_INDEX past each end) and attention mask, [B, longest], on ``device``."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for r, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[r, :n] = torch.tensor(e.input_ids, dtype=torch.long)
+        labels[r, :n] = torch.tensor(e.labels, dtype=torch.long)
+        mask[r, :n] = 1
+    return ids.to(device), labels.to(device), mask.to(device)

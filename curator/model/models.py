@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from curator.errors import ModelError
+from curator.config import DeviceConfig
+from curator.errors import InputError, ModelError
+from curator.model.device import CPU, Placement, resolve
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,6 +47,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     fingerprint: str
+    placement: Placement = CPU  # where the weights live and the compute dtype (curator.model.device)
 
 
 def cache_dir() -> Path:
@@ -162,15 +165,34 @@ def _load_hf(path_or_id: str, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=torch.float32, local_files_only=local_only)
+    # the checkpoint's own dtype: the fingerprint is taken on it, then the weights are cast once
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype="auto", local_files_only=local_only)
     return model, tok
 
 
-def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
-    """Resolve a model spec to a loaded fp32 model in eval mode, with its fingerprint.
+def place(model: Any, placement: Placement) -> Any:
+    """Move ``model`` to the placement's device in its weights dtype, with its attention implementation."""
+    model = model.to(device=placement.device, dtype=placement.weights_dtype)
+    attn = placement.attn_implementation
+    if attn != "auto" and getattr(model.config, "_attn_implementation", None) != attn:
+        try:
+            model.set_attn_implementation(attn)
+        except (ImportError, ValueError) as exc:
+            raise InputError(f"--attn-implementation {attn}: {str(exc).splitlines()[0]}: use auto, sdpa or eager") from None
+    return model
 
-    Returns a ``LoadedModel`` (spec, model, tokenizer, fingerprint)."""
+
+def load_model(spec: str = DEFAULT_MODEL, device: DeviceConfig | Placement | None = None) -> LoadedModel:
+    """Resolve a model spec to a model in eval mode on its device, with its fingerprint.
+
+    ``device`` is a ``DeviceConfig`` (resolved here against the machine: ``auto`` picks CUDA, then
+    MPS, then the CPU) or an already resolved ``Placement``; None means ``$CURATOR_DEVICE`` or auto.
+    The fingerprint is taken on the checkpoint's own weights, before they are cast to the compute
+    dtype, so it is the same on every device. Returns a ``LoadedModel`` (spec, model, tokenizer,
+    fingerprint, placement)."""
     from transformers.utils import logging as hf_logging
+
+    placement = device if isinstance(device, Placement) else resolve(device)
 
     hf_logging.disable_progress_bar()  # library code never prints; the CLI shows its own progress
     if spec == "tiny-random":
@@ -201,4 +223,5 @@ def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    return LoadedModel(spec=spec, model=model, tokenizer=tok, fingerprint=fingerprint(model, tok))
+    fp = fingerprint(model, tok)
+    return LoadedModel(spec=spec, model=place(model, placement), tokenizer=tok, fingerprint=fp, placement=placement)

@@ -141,6 +141,7 @@ class GradientStore:
             store = cls.open(p)
             compare_manifests(store.manifest, identity, IDENTITY_FIELDS, f"existing store {p}", "this run")
             store.files.sweep_unlisted({q["name"] for q in store.manifest["parts"]})
+            store._record_device(_get(identity, "gradient.device"))
             return store
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -156,6 +157,16 @@ class GradientStore:
         (p / "parts").mkdir(parents=True, exist_ok=True)
         store._write_manifest()
         return store
+
+    def _record_device(self, device: str | None) -> None:
+        """Add a resuming run's device type to ``gradient.device`` (e.g. ``cpu+cuda``): recorded, never compared."""
+        g = self.manifest.get("gradient")
+        if not device or not isinstance(g, dict):
+            return
+        seen = [d for d in str(g.get("device") or "").split("+") if d]
+        if device not in seen:
+            g["device"] = "+".join(sorted([*seen, device]))
+            self._write_manifest()
 
     def _write_manifest(self) -> None:
         write_json_atomic(self.manifest_file, self.manifest)

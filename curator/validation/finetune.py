@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from curator.alignment.similarity import extract_answer
 from curator.config import LoraSettings, ProgressFn, is_int, no_progress
 from curator.io.data import Candidate, EvalItem
-from curator.model.encoding import IGNORE_INDEX, Encoded, encode
+from curator.model.device import model_device
+from curator.model.encoding import IGNORE_INDEX, Encoded, encode, right_padded
 from curator.errors import InputError
 from curator.gradients.computer import attach_lora, lora_parameters
 from curator.alignment.likelihood import response_nll
@@ -102,15 +103,7 @@ def pick_examples(cands: Sequence[Candidate], n: int, seed: int) -> list[Candida
 
 def batch_loss(model: Any, batch: Sequence[Encoded], pad_id: int) -> torch.Tensor:
     """Mean over the batch of each example's mean response-token cross-entropy (right-padded)."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[r, :n] = torch.tensor(e.input_ids)
-        labels[r, :n] = torch.tensor(e.labels)
-        mask[r, :n] = 1
+    ids, labels, mask = right_padded(batch, pad_id, model_device(model))
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     target = labels[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
@@ -193,7 +186,7 @@ def evaluate(loaded: LoadedModel, evals: Sequence[EvalItem], config: EvalConfig,
     """
     start = time.perf_counter()
     model = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
-    target = LoadedModel(loaded.spec, model, loaded.tokenizer, loaded.fingerprint)
+    target = LoadedModel(loaded.spec, model, loaded.tokenizer, loaded.fingerprint, loaded.placement)
     was_training = model.training
     model.eval()
     progress(stage, 0, 2)

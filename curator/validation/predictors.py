@@ -143,7 +143,7 @@ def compute_reports(
     if "study" in need and "study" not in found:
         baseline = config.baseline or ("direct" if "direct" in strategies else strategies[0])
         index_config = IndexConfig(model=loaded.spec, projection=ProjectionConfig(dim=config.dim), gradient=GradientConfig(max_length=config.max_length))
-        copied = LoadedModel(loaded.spec, copy.deepcopy(loaded.model), loaded.tokenizer, loaded.fingerprint)
+        copied = LoadedModel(loaded.spec, copy.deepcopy(loaded.model), loaded.tokenizer, loaded.fingerprint, loaded.placement)
         featurizer = Featurizer(index_config, copied)
         index_rows(featurizer, list(cands), out / "train_store", "candidates", progress=lambda s, d, t: progress("index candidates", d, t))
         index_rows(featurizer, list(evals), out / "eval_store", "eval", progress=lambda s, d, t: progress("index eval", d, t))

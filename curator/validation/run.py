@@ -26,7 +26,7 @@ import numpy as np
 
 from curator import __version__
 from curator.io.atomic import write_dir_atomic, write_json_atomic
-from curator.config import ProgressFn, is_int, no_progress
+from curator.config import DeviceConfig, ProgressFn, is_int, no_progress
 from curator.io.data import Candidate, EvalItem, content_hash, load_candidates, load_eval
 from curator.errors import InputError, MismatchError, StoreError
 from curator.validation.finetune import EvalConfig, FinetuneConfig, evaluate, pick_examples, train_lora
@@ -55,6 +55,7 @@ class ValidateConfig:
     predictions: tuple[str, ...] = ()
     predict: bool = True
     prediction: PredictConfig = field(default_factory=PredictConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # where the model runs (curator.model.device)
 
     def __post_init__(self) -> None:
         if not self.seeds or any(not is_int(s) for s in self.seeds):
@@ -202,7 +203,7 @@ def _run_one(out: Path, strategy: str, seed: int, cands: list[Candidate], n: int
         progress(f"reuse {strategy} (seed {seed})", 1, 1)
         return True, done
     peft_model, stats = train_lora(loaded, examples, config.train, seed, progress, f"train {strategy} (seed {seed})")
-    tuned = LoadedModel(loaded.spec, peft_model, loaded.tokenizer, loaded.fingerprint)
+    tuned = LoadedModel(loaded.spec, peft_model, loaded.tokenizer, loaded.fingerprint, loaded.placement)
     metrics = {**evaluate(tuned, evals, config.evaluation, progress, f"evaluate {strategy} (seed {seed})"), **stats, "run": key, "training": training, "model": model, "example_ids": [c.id for c in examples]}
 
     def fill(tmp: Path) -> None:  # the adapter and metrics.json appear together, or not at all
@@ -232,7 +233,7 @@ def run_validate(candidates: str | Path, eval_path: str | Path, out: str | Path,
     if n > len(by[smallest]):
         raise InputError(f"--examples {n}: strategy {smallest!r} has only {len(by[smallest])} candidates: use --examples {len(by[smallest])} or fewer")
     progress("load model", 0, 1)
-    loaded = loaded or load_model(config.model)
+    loaded = loaded or load_model(config.model, config.device)
     progress("load model", 1, 1)
     training = {**config.train.to_dict(), "examples": n}
     manifest = {
