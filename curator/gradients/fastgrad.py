@@ -47,6 +47,9 @@ from curator.model.device import Placement, is_out_of_memory, model_device, rele
 log = logging.getLogger("curator")
 
 DTYPES = ("fp32", "bf16", "fp16")
+# Devices where a packed batch's per-example sums run as one gathered batched product rather than
+# one small product per example (the CPU's fastest; on a GPU each would be a kernel launch).
+BATCHED_PRODUCT_DEVICES = frozenset({"cuda", "mps"})
 # The default batch when neither a count nor a token budget is given: tokens per batch.
 DEFAULT_TOKENS_PER_BATCH = 1024
 
@@ -145,7 +148,7 @@ def _batch(model: Any, hooks: GradientHooks, examples: list[Encoded], dtype: str
         example_of_position = segment_ids(segments).to(device)
         model_inputs = {"input_ids": ids.to(device), "position_ids": positions.to(device), **packed_inputs(segments, device, kernel)}
         hooks.segments = segments
-        if device.type != "cpu":  # a GPU prefers one batched product to one per example
+        if device.type in BATCHED_PRODUCT_DEVICES:
             hooks.gather = segment_gather_index(segments, device)
         attention = packed_attention(model, kernel)
     else:

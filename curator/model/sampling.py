@@ -278,10 +278,10 @@ def sample_outputs(
                 release_cached_memory(device)
                 if len(batch) == 1:
                     raise CuratorRuntimeError(f"sampling one prompt ({len(batch[0].ids)} tokens, {rows} row(s), up to {config.max_new_tokens} new tokens) does not fit in {device} memory: lower --samples or --max-new-tokens")
+                cap = (len(batch) + 1) // 2
                 if not said:
                     said = True
-                    log.warning("out of memory on %s sampling %d prompts at once: halving the batch to %d and retrying (later batches stay under that)", device, len(batch), len(batch) // 2)
-                cap = len(batch) // 2
+                    log.warning("out of memory on %s sampling %d prompts at once: halving the batch to %d and retrying (later batches stay under that)", device, len(batch), cap)
                 queue.appendleft(batch[cap:])
                 queue.appendleft(batch[:cap])
                 continue
