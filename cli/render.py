@@ -99,27 +99,33 @@ def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def device_from(kw: dict[str, Any]) -> DeviceConfig:
-    """The DeviceConfig of --device/--dtype/--attn-implementation, checked against this machine and
-    printed once (on stderr): ``device: cuda:0 (NVIDIA H100 80GB HBM3), bf16``."""
+    """The DeviceConfig of --device/--dtype/--attn-implementation, checked against this machine
+    before anything is read or written. The device is printed once, when the model loads
+    (``device: cuda:0 (NVIDIA H100 80GB HBM3), bf16`` on stdout, from curator.model.models)."""
     from curator.model.device import resolve
 
     config = DeviceConfig(device=kw.pop("device"), dtype=kw.pop("dtype"), attn_implementation=kw.pop("attn_implementation"))
-    placement = resolve(config)
-    click.echo(f"device: {placement.describe()}", err=True)
+    resolve(config)
     return config
 
 
 class _Say(logging.Handler):
-    """Prints the library's warnings (out-of-memory back-off) as one line on stderr."""
+    """Prints the library's messages, one line each: what it chose (the device) on stdout, with
+    the command's other results; warnings (out-of-memory back-off) on stderr as ``note: ...``."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"note: {record.getMessage()}", err=True)
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            click.echo(f"note: {text}", err=True)
+        else:
+            click.echo(text)
 
 
 def say_library_warnings() -> None:
     log = logging.getLogger("curator")
     if not any(isinstance(h, _Say) for h in log.handlers):
-        log.addHandler(_Say(level=logging.WARNING))
+        log.addHandler(_Say(level=logging.INFO))
+        log.setLevel(logging.INFO)
         log.propagate = False
 
 

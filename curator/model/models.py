@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -224,4 +225,5 @@ def load_model(spec: str = DEFAULT_MODEL, device: DeviceConfig | Placement | Non
         tok.pad_token = tok.eos_token
     model.eval()
     fp = fingerprint(model, tok)
+    logging.getLogger("curator").info("device: %s", placement.describe())  # the CLI prints it once
     return LoadedModel(spec=spec, model=place(model, placement), tokenizer=tok, fingerprint=fp, placement=placement)
