@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "curator.config": ("GradientConfig", "IndexConfig", "LoraSettings", "ProjectionConfig"),
+        "curator.config": ("DeviceConfig", "GradientConfig", "IndexConfig", "LoraSettings", "ProjectionConfig"),
         "curator.errors": ("CuratorError", "InputError"),
         "curator.io.data": ("load_candidates", "load_eval"),
         "curator.io.tables": ("read_table", "write_table"),

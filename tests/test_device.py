@@ -293,3 +293,17 @@ def test_sampling_out_of_memory_halves_the_batch(tiny, monkeypatch, caplog):
     assert again == clean  # samples do not depend on the batching
     assert sizes == [6, 3, 2, 1, 2, 1]
     assert len([r for r in caplog.records if "out of memory" in r.getMessage()]) == 1
+
+
+def test_gpu_benchmark_runs_on_the_cpu():
+    """benchmarks/gpu.py's smoke run: both paths run and a/b is printed (its figures need a GPU)."""
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--shapes", "tiny", "--dtypes", "fp32,bf16", "--rows", "4", "--batch", "2", "--dim", "32", "--repeat", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("tiny")]
+    assert [row[1] for row in rows] == ["fp32", "bf16"]
+    assert all(re.fullmatch(r"\d+\.\d\d", row[-1]) and float(row[-1]) > 0 for row in rows), r.stdout
