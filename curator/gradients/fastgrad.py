@@ -42,7 +42,7 @@ from curator.gradients.checkpointing import checkpointed_layers, modules_inside
 from curator.gradients.hooks import GradientHooks, Params, segment_gather_index
 from curator.gradients.packing import PACKABLE_MODEL_TYPES, base_model, pack, packed_attention, packed_inputs, packed_kernel, segment_ids, supports_packing
 from curator.gradients.scoredloss import fusable, scored_nll
-from curator.model.device import Placement, is_out_of_memory, model_device, release_cached_memory
+from curator.model.device import TORCH_DTYPES, is_out_of_memory, model_device, release_cached_memory
 
 log = logging.getLogger("curator")
 
@@ -186,7 +186,7 @@ def _batch(model: Any, hooks: GradientHooks, examples: list[Encoded], dtype: str
                 loss = scored_nll(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), lm_head.weight, row_targets, row_weight)
             else:
                 assert handle is not None
-                with Placement(device, dtype).autocast():
+                with _autocast(base, dtype, device):
                     logits = model(**model_inputs, use_cache=False).logits
                 handle.remove()
                 if logits.dim() != 2 or logits.shape[0] != rows.numel():
@@ -202,6 +202,14 @@ def _batch(model: Any, hooks: GradientHooks, examples: list[Encoded], dtype: str
         if handle is not None:
             handle.remove()
         hooks.reset()
+
+
+def _autocast(base: Any, dtype: str, device: torch.device) -> Any:
+    """Autocast to ``dtype`` where the weights are wider (fp32 weights, the CPU's bf16); nothing
+    where they already are in it (a GPU model loaded in bf16) or for fp32."""
+    if dtype == "fp32" or next(base.parameters()).dtype != torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=TORCH_DTYPES[dtype])
 
 
 def iter_per_example_gradients(
