@@ -57,14 +57,19 @@ def cli(quiet: bool) -> None:
 @click.option("--tokens-per-batch", type=int, default=None, help="Tokens per batched backward (default 1024): packed without padding on Llama, Mistral and Qwen2/3 models, else length-bucketed and padded.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute each decoder layer in the backward instead of keeping its activations: long sequences fit (same gradients, ~30% slower).")
 @click.option("--search", default=None, metavar="TYPE[:K=V,...]", help="Index for --top-k searches: flat (exact; a new store's default), ivf, ivfpq or hnsw, e.g. ivf:nlist=1024,nprobe=32. Omitted: keep the store's. A new type rebuilds the index.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Ranks on this node, started through torchrun's launcher (gloo on the CPU, nccl on CUDA; one GPU per rank). For several nodes, run under torchrun instead (docs/scale.md).")
 @lora_options
 @device_options
 @click.pass_context
-def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind: str, checkpoint: Path | None, dim: int, seed: int, max_length: int, batch_size: int, tokens_per_batch: int | None, gradient_checkpointing: bool, **kw: object) -> None:
+def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind: str, checkpoint: Path | None, dim: int, seed: int, max_length: int, batch_size: int, tokens_per_batch: int | None, gradient_checkpointing: bool, nproc: int, **kw: object) -> None:
     """Featurise DATA (candidates or eval rows) into a gradient store at --out.
 
-    Reruns resume: rows already in the store are skipped.
+    Reruns resume: rows already in the store are skipped. Under torchrun (or with --nproc N)
+    each rank featurises its share of the rows into the same store.
     """
+    if nproc != 1:
+        _launch_ranks(nproc, out)
+        return
     from curator.influence.indexing import index_file
 
     gradient = GradientConfig(kind=kind, max_length=max_length, checkpoint=str(checkpoint) if checkpoint else None, tokens_per_batch=tokens_per_batch, gradient_checkpointing=gradient_checkpointing)
@@ -76,7 +81,10 @@ def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind
 
         config = replace(config, search=str(search))
     r = index_file(data, out, config, role=role, progress=progress(ctx))
-    click.echo(f"indexed {r.rows_total} {r.role} rows into {r.store} ({r.rows_added} new, {r.rows_skipped} already there) in {r.seconds:.1f}s")
+    if r.rank != 0:  # rank 0 reports the job
+        return
+    ranks = f" on {r.world} ranks" if r.world > 1 else ""
+    click.echo(f"indexed {r.rows_total} {r.role} rows into {r.store} ({r.rows_added} new, {r.rows_skipped} already there) in {r.seconds:.1f}s{ranks}")
     if r.truncated:
         click.echo(f"{r.truncated} row(s) truncated to --max-length {max_length} (response tokens kept first)")
     idx = r.index or {}
@@ -85,6 +93,31 @@ def index(ctx: click.Context, data: Path, out: Path, role: str, model: str, kind
     elif idx.get("type") in ("ivf", "ivfpq", "hnsw"):
         params = ",".join(f"{k}={v}" for k, v in idx["params"].items())
         click.echo(f"search index: {idx['faiss']} ({params}), {idx['bytes_per_example']:.0f} bytes per example")
+
+
+def _launch_ranks(nproc: int, out: Path) -> None:
+    """Run this same `curator index` command as NPROC ranks of a one-node torchrun job."""
+    import sys
+
+    from curator.distributed.group import launched
+    from curator.distributed.launch import launch_local
+    from curator.store.ranks import rank_failure
+
+    if nproc < 1:
+        raise InputError(f"--nproc {nproc} is invalid: use an integer >= 1")
+    if launched():
+        raise InputError("--nproc starts ranks itself: leave it out when running under torchrun")
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    code = launch_local(nproc, args, describe=lambda rank: rank_failure(out, rank))
+    if code:
+        sys.exit(code)
 
 
 store_options = [

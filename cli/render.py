@@ -21,7 +21,8 @@ class CuratorGroup(click.Group):
             return super().invoke(ctx)
         except CuratorError as exc:
             _close_bars(ctx)
-            click.echo(f"error: {exc}", err=True)
+            if not getattr(exc, "quiet", False):  # another rank of the job already said it
+                click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _close_bars(ctx)
@@ -41,7 +42,7 @@ class Bars:
     """A ProgressFn that shows one tqdm bar per stage on stderr (or nothing when quiet)."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+        self.quiet = quiet or os.environ.get("RANK", "0") not in ("", "0")  # one rank of a torchrun job draws
         self._bars: dict[str, Any] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:

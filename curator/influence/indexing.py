@@ -8,8 +8,11 @@ a rerun after an interruption continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -17,13 +20,16 @@ import numpy as np
 import torch
 
 from curator.config import IndexConfig, ProgressFn, no_progress
+from curator.distributed.group import Group, Stopped, join
+from curator.distributed.split import balanced_ranges
 from curator.io.data import Candidate, EvalItem, load_rows
 from curator.model.encoding import Encoded, encode
-from curator.errors import InputError
+from curator.errors import CuratorError, CuratorRuntimeError, InputError
 from curator.gradients.computer import GradientComputer
 from curator.model.device import Placement
 from curator.model.models import LoadedModel, load_model
 from curator.gradients.projection import BLOCK_ROWS, Projector, normalize
+from curator.store.ranks import describe_held
 from curator.store.store import GradientStore
 
 Row = Union[Candidate, EvalItem]
@@ -39,6 +45,8 @@ class IndexResult:
     truncated: int
     seconds: float
     index: dict[str, Any] | None = None  # the store's search index entry (type, params, fallback)
+    rank: int = 0  # this process's rank in a torchrun job (rows_added: its own share)
+    world: int = 1
 
 
 class Featurizer:
@@ -104,17 +112,23 @@ def _row_record(row: Row, enc: Encoded) -> dict[str, Any]:
     }
 
 
-def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, role: str, kind: str | None = None, progress: ProgressFn = no_progress) -> IndexResult:
+def index_rows(featurizer: Featurizer, rows: Sequence[Row], out: str | Path, role: str, kind: str | None = None, progress: ProgressFn = no_progress, source: str | None = None) -> IndexResult:
     """Append the gradient vectors of ``rows`` not yet in the store at ``out``; finalise the index.
 
-    Returns an ``IndexResult``: the store path, rows total/added/skipped, truncated rows, seconds
-    and the search index entry."""
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this with the same rows: each featurises
+    its token-balanced share of the rows not yet stored, and rank 0 commits the job (see
+    ``_fill_ranks``). Returns an ``IndexResult``: the store path, rows total/added/skipped,
+    truncated rows, seconds and the search index entry (on rank 0 of a job: the whole job's).
+    ``source`` names the data in the line a dead rank leaves."""
     start = time.perf_counter()
-    store = GradientStore.create_or_resume(out, featurizer.identity(role, kind))  # takes the writer lock
-    try:
-        return _fill(store, featurizer, rows, role, kind, progress, start)
-    finally:
-        store.close()
+    with join(featurizer.loaded.placement.device.type) as group:
+        if group.active:
+            return _fill_ranks(group, featurizer, rows, Path(out), role, kind, progress, start, source)
+        store = GradientStore.create_or_resume(out, featurizer.identity(role, kind))  # takes the writer lock
+        try:
+            return _fill(store, featurizer, rows, role, kind, progress, start)
+        finally:
+            store.close()
 
 
 def _fill(store: GradientStore, featurizer: Featurizer, rows: Sequence[Row], role: str, kind: str | None, progress: ProgressFn, start: float) -> IndexResult:
@@ -135,6 +149,73 @@ def _fill(store: GradientStore, featurizer: Featurizer, rows: Sequence[Row], rol
     return IndexResult(store.path, role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start, store.manifest.get("index"))
 
 
+def _open_job(out: Path, identity: dict[str, Any], search: str | None) -> tuple[GradientStore, int]:
+    """Rank 0: take the job's one writer lock, fold what a killed job left, number this job."""
+    store = GradientStore.create_or_resume(out, identity)
+    try:
+        store.request_search(search)
+        return store, store.new_job()
+    except BaseException:
+        store.close()
+        raise
+
+
+def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: Path, role: str, kind: str | None, progress: ProgressFn, start: float, source: str | None) -> IndexResult:
+    """One rank's part of a torchrun job writing one store (see curator.store.ranks).
+
+    1. The ranks check they were given the same settings and rows, before anything is written.
+    2. Rank 0 takes the writer lock, folds a killed job's commits into the manifest, and numbers
+       the job; an error there stops every rank.
+    3. Every rank splits the rows not yet stored into contiguous, token-balanced shares, the same
+       split on every rank, and commits its share batch by batch to its own journal.
+    4. After a barrier, rank 0 folds the journals into the manifest in rank order (the row order
+       one process would have written), rolls parts up and builds the search index.
+    """
+    identity = featurizer.identity(role, kind)
+    settings = {**asdict(featurizer.config), "identity": {k: v for k, v in identity.items() if k != "gradient"}, "gradient": {k: v for k, v in identity["gradient"].items() if k != "device"},
+                "role": role, "kind": kind, "rows": hashlib.sha256("\n".join(r.id for r in rows).encode()).hexdigest(), "n_rows": len(rows)}
+    group.agree("settings", settings)
+    opened = group.on_rank0(lambda: _open_job(out, identity, featurizer.config.search))
+    store = opened[0] if opened else None
+    try:
+        job = group.broadcast(opened[1] if opened else None)
+        done = set((store or GradientStore.open(out)).ids())
+        todo = [(pos, r) for pos, r in enumerate(rows) if r.id not in done]
+        encoded = [featurizer.encode(r) for _, r in todo]  # every rank: the split is by tokens
+        lo, hi = balanced_ranges([len(e.input_ids) for e in encoded], group.world)[group.rank]
+        mine, mine_enc = todo[lo:hi], encoded[lo:hi]
+        held = {"rows": len(mine), "first": mine[0][0] + 1 if mine else None, "last": mine[-1][0] + 1 if mine else None, "source": source, "host": socket.gethostname(), "pid": os.getpid()}
+        writer = (store or GradientStore.open(out)).rank_writer(job, group.rank, held)
+        truncated = _fill_share(group, featurizer, mine, mine_enc, writer, kind, progress)
+        group.barrier()
+        entry = None
+        if store is not None:
+            store.fold_journals()
+            entry = store.manifest.get("index") if store.manifest.get("complete") else store.finalize()
+        n_total = store.n_rows if store is not None else len(done) + len(todo)
+        return IndexResult(out, role, n_total, len(todo) if store is not None else len(mine), len(rows) - len(todo), truncated, time.perf_counter() - start, entry, group.rank, group.world)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _fill_share(group: Group, featurizer: Featurizer, mine: list[tuple[int, Row]], encoded: list[Encoded], writer: GradientStore, kind: str | None, progress: ProgressFn) -> int:
+    """Commit one rank's share batch by batch; a failure names the rank and the rows it held."""
+    bs = featurizer.config.batch_size
+    stage = f"index (rank {group.rank} of {group.world})"
+    progress(stage, 0, len(mine))
+    try:
+        for lo in range(0, len(mine), bs):
+            batch, enc = [r for _, r in mine[lo : lo + bs]], encoded[lo : lo + bs]
+            writer.append([_row_record(r, e) for r, e in zip(batch, enc)], featurizer.vectors(enc, kind))
+            progress(stage, lo + len(batch), len(mine))
+    except Stopped:
+        raise
+    except (CuratorError, RuntimeError, OSError, ValueError) as exc:
+        raise CuratorRuntimeError(f"rank {group.rank} of {group.world} failed holding {describe_held(writer.manifest)}: {exc}: rerun the same command, with any number of ranks, to resume from the committed rows") from exc
+    return sum(e.truncated for e in encoded)
+
+
 def index_file(data: str | Path, out: str | Path, config: IndexConfig, role: str = "auto", progress: ProgressFn = no_progress, featurizer: Featurizer | None = None) -> IndexResult:
     """Load ``data``, then featurise it into the store at ``out`` (see ``index_rows``).
 
@@ -143,4 +224,4 @@ def index_file(data: str | Path, out: str | Path, config: IndexConfig, role: str
     """
     role, rows = load_rows(data, role)
     featurizer = featurizer or Featurizer(config)
-    return index_rows(featurizer, rows, out, role, progress=progress)
+    return index_rows(featurizer, rows, out, role, progress=progress, source=Path(data).name)

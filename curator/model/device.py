@@ -64,6 +64,17 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def _rank_gpu() -> int:
+    """The GPU of this process: ``LOCAL_RANK`` (set by torchrun) modulo the GPUs here, else the current one.
+
+    Each rank of a torchrun job takes its own GPU; with more ranks than GPUs they share them in turn.
+    """
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and local.isdigit():
+        return int(local) % torch.cuda.device_count()
+    return torch.cuda.current_device()
+
+
 def resolve_device(spec: str | None = None) -> torch.device:
     """``auto|cpu|cuda|cuda:N|mps`` (None: ``$CURATOR_DEVICE``, else auto) to a device that exists here."""
     source = "--device"
@@ -77,7 +88,7 @@ def resolve_device(spec: str | None = None) -> torch.device:
     kind = m.group(1)
     if kind == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
+            return torch.device("cuda", _rank_gpu())
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -85,7 +96,7 @@ def resolve_device(spec: str | None = None) -> torch.device:
         if not torch.cuda.is_available():
             build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
             raise InputError(f"{source} {spec}: no CUDA device is available here (torch {torch.__version__}, {build}): use --device cpu or auto")
-        index = int(m.group(2)[1:]) if m.group(2) else torch.cuda.current_device()
+        index = int(m.group(2)[1:]) if m.group(2) else _rank_gpu()
         if index >= torch.cuda.device_count():
             raise InputError(f"{source} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0: pick one of them")
         return torch.device("cuda", index)

@@ -34,7 +34,7 @@ from numpy.lib import format as npy_format
 from curator.errors import StoreError
 from curator.io.atomic import write_atomic, write_bytes_atomic
 
-PART_NAME = re.compile(r"part-\d{5,}")
+PART_NAME = re.compile(r"part-\d{5,}(?:-r\d{4,}-\d{5,})?")  # part-NNNNN, or a rank's part-JJJJJ-rRRRR-NNNNN
 ROLLUP_BYTES = 64 * 2**20
 SUFFIX = {"vectors": ".npy", "rows": ".parquet"}
 
@@ -168,11 +168,15 @@ class PartFiles:
                 f.unlink(missing_ok=True)
 
 
-def new_name(manifest: dict[str, Any]) -> str:
-    """A part name never used in this store (stores written before roll-ups named parts by position)."""
+def new_name(manifest: dict[str, Any], prefix: str = "part-") -> str:
+    """A part name never used in this store (stores written before roll-ups named parts by position).
+
+    A rank of a torchrun job names its parts with its own prefix (``part-JJJJJ-rRRRR-``: the job
+    and the rank), so ranks writing into one store never pick the same name.
+    """
     n = int(manifest.get("next_part", len(manifest["parts"])))
     manifest["next_part"] = n + 1
-    return f"part-{n:05d}"
+    return f"{prefix}{n:05d}"
 
 
 def rollup_start(parts: Sequence[dict[str, Any]], dim: int, final: bool) -> int | None:

@@ -39,6 +39,7 @@ from curator.io.atomic import write_json_atomic
 from curator.store import search
 from curator.store.lock import LOCK_FILE, StoreLock
 from curator.store.parts import PART_NAME, MissingFileError, PartFiles, missing_file, new_name, relocate, rollup_start
+from curator.store.ranks import journal_name, journals, part_prefix, read_journal
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -83,6 +84,8 @@ class GradientStore:
     path: Path
     manifest: dict[str, Any]
     _lock: StoreLock | None = field(default=None, repr=False, compare=False)
+    manifest_name: str = MANIFEST  # a rank of a torchrun job commits to its journal instead (curator.store.ranks)
+    prefix: str = "part-"
 
     def __post_init__(self) -> None:
         self.files = PartFiles(self.path / "parts")
@@ -140,6 +143,7 @@ class GradientStore:
         if (p / MANIFEST).exists():  # checked again under the lock: another writer may have just made it
             store = cls.open(p)
             compare_manifests(store.manifest, identity, IDENTITY_FIELDS, f"existing store {p}", "this run")
+            store.fold_journals()  # what the ranks of a killed torchrun job committed
             store.files.sweep_unlisted({q["name"] for q in store.manifest["parts"]})
             store._record_device(_get(identity, "gradient.device"))
             return store
@@ -173,7 +177,54 @@ class GradientStore:
 
     @property
     def manifest_file(self) -> Path:
-        return self.path / MANIFEST
+        return self.path / self.manifest_name
+
+    # ------------------------------------------------------------------ ranks of a torchrun job
+
+    def new_job(self) -> int:
+        """Number a torchrun job writing into this store (its ranks' part names carry it). Writer only."""
+        job = int(self.manifest.get("next_job", 0))
+        self.manifest["next_job"] = job + 1
+        self._write_manifest()
+        return job
+
+    def rank_writer(self, job: int, rank: int, held: dict[str, Any]) -> "GradientStore":
+        """A writer for one rank: ``append`` commits to the rank's journal, never to the manifest.
+
+        ``held`` describes the rows the rank was given (first, last, rows, source), for the line
+        that names them if the rank dies. Takes no lock: the job's one lock is rank 0's.
+        """
+        identity = {k: v for k, v in self.manifest.items() if k not in ("parts", "rows", "truncated", "index", "complete", "next_part", "next_job", "folded")}
+        journal = {**identity, "job": job, "rank": rank, "held": held, "rows": 0, "truncated": 0, "parts": []}
+        writer = GradientStore(self.path, journal, manifest_name=journal_name(job, rank), prefix=part_prefix(job, rank))
+        writer.manifest_file.parent.mkdir(parents=True, exist_ok=True)
+        writer._write_manifest()
+        return writer
+
+    def fold_journals(self) -> int:
+        """Append every rank journal's committed parts to the manifest, in (job, rank) order; rows added.
+
+        Writer only (rank 0, holding the lock, once no rank writes). Each journal is deleted once the
+        manifest that lists its parts is written; ``folded`` keeps its name so a repeat adds nothing.
+        """
+        added = 0
+        folded = self.manifest.setdefault("folded", [])
+        for job, rank, f in journals(self.path):
+            name = f.name.removesuffix(".json")
+            j = read_journal(f)
+            if j is not None and name not in folded:
+                compare_manifests(j, self.manifest, IDENTITY_FIELDS, f"rank {rank}'s journal {f}", f"store {self.path}")
+                if not all(isinstance(q, dict) and PART_NAME.fullmatch(str(q.get("name"))) for q in j["parts"]):
+                    raise StoreError(f"{f}: the journal's parts list is damaged: delete it and rerun `curator index` (its rows are indexed again)")
+                self.manifest["parts"].extend(j["parts"])
+                self.manifest["rows"] += int(j.get("rows", 0))
+                self.manifest["truncated"] += int(j.get("truncated", 0))
+                self.manifest["complete"] = False
+                folded.append(name)
+                added += int(j.get("rows", 0))
+                self._write_manifest()
+            f.unlink(missing_ok=True)
+        return added
 
     # ------------------------------------------------------------------ properties
 
@@ -205,7 +256,7 @@ class GradientStore:
             table[col] = table[col].astype("string")
         rbuf = io.BytesIO()
         table.to_parquet(rbuf, index=False)
-        self.manifest["parts"].append(self.files.write(new_name(self.manifest), vectors, rbuf.getvalue()))
+        self.manifest["parts"].append(self.files.write(new_name(self.manifest, self.prefix), vectors, rbuf.getvalue()))
         self.manifest["rows"] += len(rows)
         self.manifest["truncated"] += sum(1 for r in rows if r.get("truncated"))
         self.manifest["complete"] = False
@@ -223,7 +274,7 @@ class GradientStore:
         if lo is None:
             return
         run = parts[lo:]
-        parts[lo:] = [self.files.merge(new_name(self.manifest), run, self.dim, self.part_array)]
+        parts[lo:] = [self.files.merge(new_name(self.manifest, self.prefix), run, self.dim, self.part_array)]
         self._write_manifest()
         self.files.remove(run)
 

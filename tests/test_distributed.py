@@ -1,0 +1,225 @@
+"""Scale-out on torch.distributed: real torchrun ranks (gloo, CPU) writing one store.
+
+The ranks are real processes started by torchrun (or by `curator index --nproc`, through
+torchrun's own launcher); their logs go to files, never pipes (a full pipe deadlocks them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curator.distributed.group import Group, PeerError
+from curator.distributed.split import balanced_ranges
+from curator.errors import InputError
+from curator.influence.scoring import influence_scores, open_space, top_k
+from curator.store.ranks import journals, read_journal
+from curator.store.store import GradientStore
+from tests.conftest import write_jsonl
+
+BIN = Path(sys.executable).parent
+COMMON = ["--model", "tiny-random", "--dim", "64"]
+
+
+# ---------------------------------------------------------------------- the split, without processes
+
+
+def test_balanced_ranges_exact() -> None:
+    assert balanced_ranges([1, 1, 1, 1], 2) == [(0, 2), (2, 4)]
+    assert balanced_ranges([10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2) == [(0, 1), (1, 11)]
+    assert balanced_ranges([3, 1, 1, 1], 3) == [(0, 1), (1, 2), (2, 4)]  # cuts at running cost 2 and 4 of 6
+    assert balanced_ranges([5], 3) == [(0, 0), (0, 1), (1, 1)]  # the middle rank is nearest to the item
+    assert balanced_ranges([], 2) == [(0, 0), (0, 0)]
+    assert balanced_ranges([0, 0, 0, 0], 2) == [(0, 2), (2, 4)]
+
+
+def test_balanced_ranges_cover_in_order() -> None:
+    rng = np.random.default_rng(0)
+    for world in (1, 2, 3, 7):
+        costs = rng.integers(1, 500, size=101).tolist()
+        ranges = balanced_ranges(costs, world)
+        assert ranges[0][0] == 0 and ranges[-1][1] == 101
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        shares = [sum(costs[lo:hi]) for lo, hi in ranges]
+        assert max(shares) - min(shares) <= 2 * max(costs)  # balanced within two items
+    with pytest.raises(ValueError):
+        balanced_ranges([1], 0)
+
+
+def test_group_of_one_runs_locally() -> None:
+    g = Group()
+    assert not g.active and g.gather({"a": 1}) == [{"a": 1}] and g.broadcast(3) == 3
+    assert g.on_rank0(lambda: 7) == 7
+    g.agree("settings", {"x": 1})
+    with pytest.raises(InputError):
+        g.on_rank0(lambda: (_ for _ in ()).throw(InputError("bad")))
+    assert PeerError("m", 2).exit_code == 2 and PeerError("m", 2).quiet
+
+
+# ---------------------------------------------------------------------- real ranks
+
+
+def _rows(n: int) -> list[dict]:
+    return [
+        {"id": f"r{i:04d}", "prompt": f"Question {i}: what is {i} plus {i}?", "response": f"{i} and {i} make {2 * i}. " * (1 + i % 4) + f"The answer is {2 * i}.",
+         "strategy": ["direct", "cot", "clarify"][i % 3], "task": ["a", "b"][i % 2], "group": f"g{i // 3}"}
+        for i in range(n)
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    fh = log.open("w")
+    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+
+
+def _torchrun(nproc: int, args: list[str]) -> list[str]:
+    return [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(nproc), "--no-python", str(BIN / "curator"), "-q", *args]
+
+
+def _run(cmd: list[str], log: Path, timeout: float = 300) -> int:
+    p = _start(cmd, log)
+    try:
+        return p.wait(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def _by_id(store: Path) -> dict[str, np.ndarray]:
+    s = GradientStore.open(store)
+    return dict(zip(s.ids(), s.vectors()))
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One clean 1-rank store and one 2-rank torchrun store of the same 60 rows, and an eval store."""
+    d = tmp_path_factory.mktemp("dist")
+    data = write_jsonl(d / "cands.jsonl", _rows(60))
+    evals = write_jsonl(d / "eval.jsonl", [{"id": f"e{j}", "prompt": f"Eval {j}: what is {j} + {j}?", "response": f"The answer is {2 * j}.", "task": ["a", "b"][j % 2]} for j in range(6)])
+    assert _run([str(BIN / "curator"), "-q", "index", str(data), "--out", str(d / "one"), "--batch-size", "4", *COMMON], d / "one.log") == 0, (d / "one.log").read_text()
+    assert _run([str(BIN / "curator"), "-q", "index", str(evals), "--out", str(d / "eval"), *COMMON], d / "eval.log") == 0
+    code = _run(_torchrun(2, ["index", str(data), "--out", str(d / "two"), "--batch-size", "4", *COMMON]), d / "two.log")
+    assert code == 0, (d / "two.log").read_text()
+    return {"dir": d, "data": data, "one": d / "one", "two": d / "two", "eval": d / "eval", "log": d / "two.log"}
+
+
+def test_two_ranks_equal_one(job: dict[str, Path]) -> None:
+    one, two = GradientStore.open(job["one"]), GradientStore.open(job["two"])
+    assert two.ids() == one.ids()  # same rows, in the same order: rank 0's share, then rank 1's
+    assert two.n_rows == 60 and two.manifest["complete"] and len(set(two.ids())) == 60
+    va, vb = one.vectors(), two.vectors()
+    assert min(_cos(a, b) for a, b in zip(va, vb)) >= 0.9999
+    assert two.manifest["folded"] == ["job-00000-rank-00000", "job-00000-rank-00001"]
+    assert not journals(job["two"])  # folded and removed
+    assert not list((job["two"] / "parts").glob("part-*-r*"))  # rolled up into the store's parts
+    log = job["log"].read_text()
+    assert log.count("indexed 60 candidates rows") == 1 and "on 2 ranks" in log  # rank 0 reports the job once
+
+
+def test_two_ranks_same_influence_and_top_k(job: dict[str, Path]) -> None:
+    t1 = influence_scores(open_space([job["one"]], [job["eval"]]))
+    t2 = influence_scores(open_space([job["two"]], [job["eval"]]))
+    cols = [c for c in t1.columns if c.startswith("influence")]
+    assert list(t1["id"]) == list(t2["id"])
+    np.testing.assert_allclose(t2[cols].to_numpy(float), t1[cols].to_numpy(float), atol=1e-6)
+    k1 = top_k(open_space([job["one"]], [job["eval"]]), 5)
+    k2 = top_k(open_space([job["two"]], [job["eval"]]), 5)
+    assert [set(g["id"]) for _, g in k1.groupby("eval_id")] == [set(g["id"]) for _, g in k2.groupby("eval_id")]
+
+
+def test_rerun_of_a_finished_job_adds_nothing(job: dict[str, Path], tmp_path: Path) -> None:
+    before = json.loads((job["two"] / "manifest.json").read_text())
+    code = _run(_torchrun(2, ["index", str(job["data"]), "--out", str(job["two"]), "--batch-size", "4", *COMMON]), tmp_path / "again.log")
+    assert code == 0, (tmp_path / "again.log").read_text()
+    after = json.loads((job["two"] / "manifest.json").read_text())
+    assert after["rows"] == 60 and after["parts"] == before["parts"]
+    assert "(0 new, 60 already there)" in (tmp_path / "again.log").read_text()
+
+
+def _kill_rank_mid_run(tmp_path: Path, data: Path, out: Path, via_nproc: bool) -> tuple[int, str]:
+    """Start a 2-rank job, SIGKILL rank 1 once it has committed some but not all of its rows."""
+    args = ["index", str(data), "--out", str(out), "--batch-size", "1", *COMMON]
+    cmd = [str(BIN / "curator"), *args, "--nproc", "2"] if via_nproc else _torchrun(2, args)
+    log = tmp_path / "killed.log"
+    p = _start(cmd, log)
+    killed = False
+    deadline = time.monotonic() + 240
+    try:
+        while p.poll() is None and time.monotonic() < deadline and not killed:
+            for _, rank, f in journals(out):
+                j = read_journal(f)
+                if rank == 1 and j and 2 <= j["rows"] < j["held"]["rows"]:
+                    os.kill(j["held"]["pid"], signal.SIGKILL)
+                    killed = True
+            time.sleep(0.005)
+        code = p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert killed, "rank 1 finished before it could be killed: " + log.read_text()[-2000:]
+    return code, log.read_text()
+
+
+@pytest.mark.parametrize("ranks_after", [1, 2])
+def test_killed_rank_then_resume(job: dict[str, Path], tmp_path: Path, ranks_after: int) -> None:
+    data = write_jsonl(tmp_path / "cands.jsonl", _rows(240))
+    clean = tmp_path / "clean"
+    assert _run([str(BIN / "curator"), "-q", "index", str(data), "--out", str(clean), "--batch-size", "8", *COMMON], tmp_path / "clean.log") == 0
+    out = tmp_path / "store"
+    code, log = _kill_rank_mid_run(tmp_path, data, out, via_nproc=ranks_after == 1)
+    assert code != 0
+    if ranks_after == 1:  # curator's own launcher: one line naming the rank and the rows it held
+        line = [ln for ln in log.splitlines() if "error:" in ln]
+        assert len(line) == 1, log
+        assert "rank 1 of 2 died (SIGKILL" in line[0] and "holding rows 1" in line[0] and "of cands.jsonl" in line[0] and "committed)" in line[0], line
+    rerun = ([str(BIN / "curator"), "-q", "index", str(data), "--out", str(out), *COMMON] if ranks_after == 1
+             else _torchrun(2, ["index", str(data), "--out", str(out), *COMMON]))
+    assert _run(rerun, tmp_path / "rerun.log") == 0, (tmp_path / "rerun.log").read_text()
+    assert "already there" in (tmp_path / "rerun.log").read_text()
+    s = GradientStore.open(out)
+    ids = s.ids()
+    assert s.n_rows == 240 and len(ids) == 240 and len(set(ids)) == 240  # nothing missing, nothing twice
+    got, want = _by_id(out), _by_id(clean)
+    assert set(got) == set(want)
+    assert min(_cos(got[i], want[i]) for i in want) >= 0.9999
+    assert not journals(out) and s.manifest["complete"]
+    listed = {p["name"] for p in s.manifest["parts"]}
+    assert {f.stem for f in (out / "parts").glob("part-*")} == listed  # no stray files of the killed rank
+
+
+def test_mismatched_settings_refused_before_any_write(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "cands.jsonl", _rows(8))
+    out = tmp_path / "store"
+    script = f'exec {BIN / "curator"} -q index {data} --out {out} --model tiny-random --dim $((64 + RANK))'
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", "sh", "-c", script]
+    code = _run(cmd, tmp_path / "log")
+    log = (tmp_path / "log").read_text()
+    assert code != 0
+    errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "rank 1 was started with different settings from rank 0" in errors[0] and "projection" in errors[0], log
+    assert not (out / "manifest.json").exists()
+
+
+def test_nproc_refused_under_torchrun_and_invalid(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "cands.jsonl", _rows(4))
+    r = subprocess.run([str(BIN / "curator"), "index", str(data), "--out", str(tmp_path / "s"), "--nproc", "0", *COMMON], capture_output=True, text=True, env=_env())
+    assert r.returncode == 2 and r.stderr.strip() == "error: --nproc 0 is invalid: use an integer >= 1"
+    env = {**_env(), "WORLD_SIZE": "2", "RANK": "0"}
+    r = subprocess.run([str(BIN / "curator"), "index", str(data), "--out", str(tmp_path / "s"), "--nproc", "2", *COMMON], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "leave it out when running under torchrun" in r.stderr
