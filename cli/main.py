@@ -228,6 +228,8 @@ def align(ctx: click.Context, data: Path, out: Path, model: str, k: int, metrics
     sampling = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=sample_batch_size)
     config = AlignConfig(model=model, metrics=tuple(parse_metrics(metrics)), sampling=sampling, max_length=max_length, n_demos=n_demos, device=device_from(kw))
     r = align_file(data, out, config, progress=progress(ctx))
+    if r.rank != 0:  # rank 0 reports the job
+        return
     n_groups = r.table["group"].nunique()
     click.echo(f"scored {len(r.table)} candidates in {n_groups} prompt groups ({', '.join(config.metrics)}) into {r.out}")
     click.echo(f"samples: {r.sampling.generated} groups generated, {r.sampling.cached} reused from {r.samples_file}")

@@ -223,3 +223,27 @@ def test_nproc_refused_under_torchrun_and_invalid(tmp_path: Path) -> None:
     env = {**_env(), "WORLD_SIZE": "2", "RANK": "0"}
     r = subprocess.run([str(BIN / "curator"), "index", str(data), "--out", str(tmp_path / "s"), "--nproc", "2", *COMMON], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "leave it out when running under torchrun" in r.stderr
+
+
+def test_align_two_ranks_equal_one(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "cands.jsonl", _rows(30))
+    args = ["--model", "tiny-random", "--samples", "2", "--max-new-tokens", "8", "--metrics", "hidden,rouge-l,token-f1,perplexity,sappl"]
+    assert _run([str(BIN / "curator"), "-q", "align", str(data), "--out", str(tmp_path / "one.parquet"), *args], tmp_path / "one.log") == 0
+    assert _run(_torchrun(2, ["align", str(data), "--out", str(tmp_path / "two.parquet"), *args]), tmp_path / "two.log") == 0, (tmp_path / "two.log").read_text()
+    import pandas as pd
+
+    one, two = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "two.parquet")
+    assert list(two.columns) == list(one.columns) and list(two["id"]) == list(one["id"])
+    for col in ["hidden", "rouge-l", "token-f1", "perplexity", "sappl", "alignment"]:
+        np.testing.assert_allclose(two[col].to_numpy(float), one[col].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=col)
+
+    def entries(p: Path) -> dict:
+        return {x["key"]: x["samples"] for x in map(json.loads, p.read_text().splitlines()[1:])}
+
+    assert entries(tmp_path / "two.samples.jsonl") == entries(tmp_path / "one.samples.jsonl")  # one shared cache, as one process writes
+    assert not list(tmp_path.glob("two.samples.rank-*"))
+    log = (tmp_path / "two.log").read_text()
+    assert log.count("scored 30 candidates in 10 prompt groups") == 1 and "samples: 10 groups generated, 0 reused" in log
+    # a rerun samples nothing: every group comes from the merged cache
+    assert _run(_torchrun(2, ["align", str(data), "--out", str(tmp_path / "two.parquet"), *args]), tmp_path / "again.log") == 0
+    assert "samples: 0 groups generated, 10 reused" in (tmp_path / "again.log").read_text()

@@ -26,7 +26,8 @@ import pandas as pd
 
 from curator.store import scan, search
 from curator.errors import InputError, MismatchError
-from curator.store.store import COMPARABLE_FIELDS, GradientStore, compare_manifests
+from curator.store.identity import COMPARABLE_FIELDS, compare_manifests
+from curator.store.store import GradientStore
 
 INFLUENCE_PREFIX = "influence:"
 

@@ -192,7 +192,27 @@ def _append(path: Path, lines: list[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
-# --------------------------------------------------------------------------- decoding
+def cached_keys(path: Path) -> set[str]:
+    """The keys a cache file holds (repairing a torn last line, as a run would)."""
+    return set(_load_cache(path))
+
+
+def merge_caches(main: Path, others: list[Path]) -> int:
+    """Append the entries of ``others`` (the caches of a torchrun job's ranks) that ``main`` lacks,
+    then delete them; returns the entries added. A kill mid-merge leaves each entry in ``main``
+    or in its own file, never lost; entries already merged are not added twice."""
+    have = set(_load_cache(main))
+    added = 0
+    for f in others:
+        _load_cache(f)  # drops a torn last line
+        lines = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines()[1:] if x.strip()] if f.exists() else []
+        new = [x for x in lines if x["key"] not in have]
+        if new:
+            _append(main, new)
+            have.update(x["key"] for x in new)
+            added += len(new)
+        f.unlink(missing_ok=True)
+    return added
 
 
 # --------------------------------------------------------------------------- entry point

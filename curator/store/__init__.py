@@ -8,7 +8,8 @@ from curator.lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "curator.store.store": ("GradientStore", "compare_manifests"),
+        "curator.store.store": ("GradientStore",),
+        "curator.store.identity": ("compare_manifests",),
         "curator.store.scan": ("exact_scores", "exact_top_k"),
         "curator.store.lock": ("StoreLock", "StoreLockedError"),
     },

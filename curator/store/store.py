@@ -8,6 +8,9 @@ Layout::
                                  small parts are merged into parts of about 64 MiB
                                  (curator.store.parts: roll-ups)
     STORE/parts/part-00000.parquet  its rows: id, strategy, task, group, token counts
+    STORE/ranks/job-J-rank-R.json  only while a torchrun job runs (or after one was killed): each
+                                 rank's own commits, folded into the manifest by rank 0
+                                 (curator.store.ranks); its parts are named part-JJJJJ-rRRRR-NNNNN
     STORE/index.faiss            only for an approximate search type (ivf, ivfpq, hnsw): the
                                  FAISS inner-product index, ids = row numbers, built part by part
                                  when the run completes (curator.store.search)
@@ -27,49 +30,25 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
 from curator import __version__
 from curator.config import SearchSpec, parse_search
-from curator.errors import MismatchError, StoreError
+from curator.errors import StoreError
 from curator.io.atomic import write_json_atomic
 from curator.store import search
 from curator.store.lock import LOCK_FILE, StoreLock
 from curator.store.parts import PART_NAME, MissingFileError, PartFiles, missing_file, new_name, relocate, rollup_start
+from curator.store.identity import IDENTITY_FIELDS, compare_manifests, get as _get
 from curator.store.ranks import journal_name, journals, part_prefix, read_journal
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ROW_COLUMNS = ["id", "strategy", "task", "group", "n_prompt_tokens", "n_response_tokens", "truncated"]
-# The settings that define a store's vectors: two stores (or a resumed run) must agree on them.
-IDENTITY_FIELDS = ("role", "model.fingerprint", "lora", "projection", "gradient.kind", "gradient.checkpoint", "gradient.max_length", "gradient.dtype")
-# The settings a train store and an eval store must share to be compared.
-COMPARABLE_FIELDS = ("model.fingerprint", "lora", "projection", "gradient.checkpoint")
-
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for key in dotted.split("."):
-        d = d.get(key) if isinstance(d, dict) else None  # type: ignore[assignment]
-    return d
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def compare_manifests(a: dict[str, Any], b: dict[str, Any], fields: Iterable[str], a_name: str, b_name: str) -> None:
-    """Raise MismatchError naming the first field where ``a`` and ``b`` differ, with both values."""
-    for f in fields:
-        va, vb = _get(a, f), _get(b, f)
-        if va != vb:
-            raise MismatchError(f"{a_name} and {b_name} differ in {f}: {_short(va)} vs {_short(vb)}: rebuild one of them with the same settings")
-
-
 def _to_float32(a: np.ndarray) -> np.ndarray:
     """float16 -> float32 through torch: exact, and far faster than numpy's float16 cast."""
     import torch
