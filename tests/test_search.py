@@ -263,3 +263,32 @@ def test_a_store_from_before_search_types_is_searched_exactly(planted, tmp_path)
     assert GradientStore.open(tmp_path / "train").request_search(None) is False  # a rerun without --search rebuilds nothing
     top = top_k(open_space([tmp_path / "train"], [tmp_path / "eval"]), 1)
     assert list(top["id"]) == [f"c{i}" for i in PLANTED]
+
+
+def test_ivfpq_on_disk_from_parts_matches_exact_top1(planted, tmp_path, monkeypatch, capfd):
+    """IVF-PQ built out of core: shards added with global row numbers, merged into on-disk lists."""
+    train, x, q = planted
+    monkeypatch.setattr(search, "BUILD_CHUNK_BYTES", 4 * D * 137)  # many shards, crossing the 4 parts
+    exact = GradientStore.open(tmp_path / "train").index().search(q, 1)[1][:, 0]
+    assert list(exact) == PLANTED
+    train.request_search("ivfpq:m=8,nbits=4")
+    entry = train.finalize()
+    assert entry["ivfdata"].endswith(".ivfdata") and (tmp_path / "train" / entry["ivfdata"]).stat().st_size == entry["ivfdata_bytes"]
+    assert not list((tmp_path / "train").glob(".index-build.*"))  # the shards are gone
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "train").rename(moved)  # the lists are found beside the index, wherever the store lives
+    searcher = GradientStore.open(moved).index()
+    assert isinstance(searcher, ApproxSearcher) and searcher.ntotal == 1000
+    _, ids = searcher.search(q, 1)
+    assert list(ids[:, 0]) == list(exact)
+    assert capfd.readouterr().out == ""  # FAISS's own printf()s are kept off stdout
+    # a rebuild replaces the lists and removes the old file; a damaged file is refused
+    store = GradientStore.open(moved)
+    store.request_search("ivfpq:m=8,nbits=4,nlist=8")
+    new = store.finalize()
+    assert [f.name for f in moved.glob("*.ivfdata")] == [new["ivfdata"]] != [entry["ivfdata"]]
+    with open(moved / new["ivfdata"], "r+b") as fh:
+        fh.seek(10)
+        fh.write(b"\xff\xff")
+    with pytest.raises(StoreError, match="checksum does not match"):
+        GradientStore.open(moved).index()

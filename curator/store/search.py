@@ -24,9 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import secrets
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -138,7 +143,14 @@ def write_index(index: Any, path: Path) -> tuple[int, str]:
 
 
 def build(spec: SearchSpec, store: VectorSource, path: Path) -> dict[str, Any]:
-    """Build the index ``spec`` asks for over ``store``'s rows, part by part, write it to ``path``; return its manifest entry."""
+    """Build the index ``spec`` asks for over ``store``'s rows, part by part, write it to ``path``; return its manifest entry.
+
+    IVF types are built out of core (the FAISS on-disk recipe): the trained, empty index is copied
+    once per chunk of rows, each copy gets its rows with ``add_with_ids`` (global row numbers) and
+    is written to a shard file, and the shards' inverted lists are merged into one on-disk file
+    (``index.<build>.ivfdata``, beside ``path``) that searches memory-map. Memory stays at the
+    trained index plus one chunk, whatever the store's size. HNSW is built in memory.
+    """
     entry = plan(spec, store.n_rows, store.dim)
     if entry["type"] == "flat":
         return entry
@@ -149,11 +161,64 @@ def build(spec: SearchSpec, store: VectorSource, path: Path) -> dict[str, Any]:
         sample = store.read_rows(np.sort(rng.choice(store.n_rows, entry["train_rows"], replace=False)))
         index.train(sample)
         del sample
-    for _, chunk in scan([store], [1.0], BUILD_CHUNK_BYTES):
-        index.add(chunk.numpy())
+    if entry["type"] in ("ivf", "ivfpq"):
+        entry.update(_build_on_disk(index, store, path))
+    else:
+        for _, chunk in scan([store], [1.0], BUILD_CHUNK_BYTES):
+            index.add(chunk.numpy())
     nbytes, sha = write_index(index, path)
-    entry.update(file=path.name, bytes=nbytes, sha256=sha, bytes_per_example=round(nbytes / store.n_rows, 1), build_seconds=round(time.perf_counter() - start, 3))
+    entry.update(file=path.name, bytes=nbytes, sha256=sha, bytes_per_example=round((nbytes + int(entry.get("ivfdata_bytes", 0))) / store.n_rows, 1), build_seconds=round(time.perf_counter() - start, 3))
     return entry
+
+
+def _build_on_disk(index: Any, store: VectorSource, path: Path) -> dict[str, Any]:
+    """Fill trained IVF ``index`` with on-disk inverted lists, shard by shard; the entry's ivfdata fields."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    ivfdata = path.parent / f"{path.stem}.{secrets.token_hex(6)}.ivfdata"  # a fresh name: no reader has it open
+    with tempfile.TemporaryDirectory(prefix=".index-build.", dir=path.parent) as tmp:
+        shards = []
+        for lo, chunk in scan([store], [1.0], BUILD_CHUNK_BYTES):
+            shard = faiss.clone_index(index)
+            x = chunk.numpy()
+            shard.add_with_ids(x, np.arange(lo, lo + len(x), dtype=np.int64))
+            shards.append(str(Path(tmp) / f"shard-{len(shards):05d}.index"))
+            faiss.write_index(shard, shards[-1])
+            del shard
+        with _quiet_stdout():  # OnDiskInvertedLists printf()s each file resize
+            merge_ondisk(index, shards, str(ivfdata))
+    return {"ivfdata": ivfdata.name, "ivfdata_bytes": ivfdata.stat().st_size, "ivfdata_sha256": _sha256_file(ivfdata)}
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence C-level writes to stdout (file descriptor 1) for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_stale_ivfdata(folder: Path, entry: dict[str, Any] | None) -> None:
+    """Delete on-disk inverted lists no index entry names any more (after the manifest moved on)."""
+    keep = (entry or {}).get("ivfdata")
+    for f in folder.glob("*.ivfdata"):
+        if f.name != keep:
+            f.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- searching
@@ -217,5 +282,10 @@ def open_index(store: VectorSource, path: Path, entry: dict[str, Any]) -> Approx
     """The approximate index at ``path`` (already checked against ``entry``), memory-mapped."""
     import faiss
 
+    if entry.get("ivfdata"):
+        # on-disk inverted lists, memory-mapped by FAISS itself, found beside the index file wherever
+        # the store now lives (FAISS announces the new path on stdout; with IO_FLAG_MMAP it crashes)
+        with _quiet_stdout():
+            return ApproxSearcher(store, faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR), entry)
     flag = faiss.IO_FLAG_MMAP_IFC if entry["type"] == "hnsw" else faiss.IO_FLAG_MMAP
     return ApproxSearcher(store, faiss.read_index(str(path), flag), entry)

@@ -14,6 +14,7 @@ Layout::
     STORE/index.faiss            only for an approximate search type (ivf, ivfpq, hnsw): the
                                  FAISS inner-product index, ids = row numbers, built part by part
                                  when the run completes (curator.store.search)
+    STORE/index.B.ivfdata        the IVF types' inverted lists, on disk and memory-mapped
 
 The vector parts are the exact ("flat") search data themselves: exact search and centroid
 scoring read them chunk by chunk, memory-mapped, and no float32 copy of the whole store is
@@ -289,6 +290,7 @@ class GradientStore:
         self.manifest["index"] = entry
         self.manifest["complete"] = True
         self._write_manifest()
+        search.remove_stale_ivfdata(self.path, entry)
         return entry
 
     # ------------------------------------------------------------------ reading
@@ -394,5 +396,7 @@ class GradientStore:
         if search.is_current(entry, self.n_rows):
             f = self.path / entry["file"]
             self.files.check(f, entry["sha256"])
+            if entry.get("ivfdata"):
+                self.files.check(self.path / entry["ivfdata"], entry["ivfdata_sha256"])
             return search.open_index(self, f, entry)
         return search.ExactSearcher([self], [1.0])
