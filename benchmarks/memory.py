@@ -12,6 +12,16 @@ was made streaming (every part loaded, concatenated as float32, added to an in-m
 IndexIDMap2(IndexFlatIP), serialised to bytes).
 
     python benchmarks/memory.py [--sizes 1000,10000] [--search flat,hnsw] [--dim D] [--no-influence]
+
+``--ivf-build ROWS`` measures instead what building an approximate index over a big store costs
+in memory: a store of ROWS synthetic unit vectors (``--ivf-dim``, default 1024) is written once,
+then each child process builds ``--ivf-search`` (default ivfpq) over it and reports how far its
+RSS grew above what it held once the index was trained (peak RSS is reset there through
+/proc/self/clear_refs). (a) curator's out-of-core build (shards added with global row numbers,
+merged into on-disk inverted lists) against (b) the same trained index filled in memory. Target
+for IVF-PQ at 1M rows: (a) grows < 300 MB.
+
+    python benchmarks/memory.py --ivf-build 1000000 [--ivf-dim 1024] [--ivf-search ivfpq,ivf]
 """
 
 from __future__ import annotations
@@ -70,14 +80,99 @@ def run(args: list[str], log: Path, cmd: list[str] | None = None) -> tuple[float
     return usage.ru_maxrss * 1024 / 1e6, time.perf_counter() - start  # ru_maxrss is KiB on Linux
 
 
+IVF_CHILD = """
+import json, sys, time
+import numpy as np
+import torch  # the scans convert float16 with torch: loaded and warmed before the measurement, as in `curator index`
+torch.from_numpy(np.ones((64, 64), np.float16)).float().sum()
+from curator.store import search
+from curator.store.scan import scan
+from curator.store.store import GradientStore
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024 / 1e6
+    return float("nan")
+
+store, kind, mode = GradientStore.open(sys.argv[1]), sys.argv[2], sys.argv[3]
+seen = {}
+on_disk = search._build_on_disk
+
+def measured(index, src, path):
+    open("/proc/self/clear_refs", "w").write("5")  # peak RSS := current RSS: the trained index is held
+    seen["trained"] = status("VmRSS")
+    t = time.perf_counter()
+    if mode == "on-disk":
+        out = on_disk(index, src, path)
+    else:  # the baseline: the same trained index filled in memory
+        for lo, chunk in scan([src], [1.0], search.BUILD_CHUNK_BYTES):
+            x = chunk.numpy()
+            index.add_with_ids(x, np.arange(lo, lo + len(x), dtype=np.int64))
+        out = {}
+    seen["peak"], seen["fill_s"] = status("VmHWM"), time.perf_counter() - t
+    return out
+
+search._build_on_disk = measured
+store.request_search(kind)
+t = time.perf_counter()
+entry = store.finalize()
+print(json.dumps({**seen, "total_s": time.perf_counter() - t, "params": entry.get("params"), "bytes_per_example": entry.get("bytes_per_example")}))
+"""
+
+
+def ivf_build(rows: int, dim: int, kinds: list[str], seed: int) -> None:
+    """Peak RSS growth above the trained index while filling an IVF index over ROWS stored rows."""
+    import numpy as np
+
+    from curator.store.store import GradientStore
+
+    with tempfile.TemporaryDirectory(prefix="curator-ivf-memory-") as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(seed)
+        centers = rng.normal(size=(1000, dim)).astype(np.float32)
+        ident = {"role": "candidates", "model": {"spec": "synthetic", "fingerprint": "synthetic"}, "lora": {}, "projection": {"dim": dim, "seed": 0},
+                 "gradient": {"kind": "sgd", "max_length": 0, "checkpoint": None, "dtype": "fp32", "lr_weight": 1.0}}
+        t = time.perf_counter()
+        for kind in kinds:
+            store = GradientStore.create_or_resume(root / kind.replace(":", "_"), ident)
+            for lo in range(0, rows, 100_000):
+                n = min(100_000, rows - lo)
+                x = centers[rng.integers(0, len(centers), n)] + rng.normal(scale=0.5, size=(n, dim)).astype(np.float32)
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
+                store.append([{"id": f"r{lo + i}", "strategy": "s", "task": "t", "group": f"g{lo + i}"} for i in range(n)], x)
+            store.close()
+        print(f"{len(kinds)} store(s) of {rows:,} x {dim} float16 vectors written in {time.perf_counter() - t:.0f}s ({rows * dim * 2 / 2**30:.2f} GiB each)")
+        print(f"{'search':8s} {'build':9s} {'RSS trained MB':>15s} {'peak MB':>9s} {'growth MB':>10s} {'fill s':>7s} {'B/example':>10s}")
+        for kind in kinds:
+            store_dir = root / kind.replace(":", "_")
+            grown = {}
+            for mode in ("on-disk", "in-memory"):
+                r = subprocess.run([sys.executable, "-c", IVF_CHILD, str(store_dir), kind, mode], capture_output=True, text=True)
+                if r.returncode:
+                    print(f"{kind} {mode} failed: {r.stderr[-2000:]}")
+                    continue
+                m = json.loads(r.stdout.strip().splitlines()[-1])
+                grown[mode] = m["peak"] - m["trained"]
+                print(f"{kind:8s} {mode:9s} {m['trained']:15.1f} {m['peak']:9.1f} {grown[mode]:+10.1f} {m['fill_s']:7.1f} {m['bytes_per_example'] or 0:10.1f}  {m['params']}")
+            if len(grown) == 2:
+                print(f"  {kind}: out-of-core growth {grown['on-disk']:.0f} MB (target < 300 MB) against {grown['in-memory']:.0f} MB in memory")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ivf-build", type=int, default=None, metavar="ROWS", help="measure building an IVF index over ROWS stored rows instead")
+    ap.add_argument("--ivf-dim", type=int, default=1024)
+    ap.add_argument("--ivf-search", default="ivfpq")
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--search", default="flat", help="comma-separated --search types to measure (flat is the default)")
     ap.add_argument("--dim", type=int, default=None, help="projection dim (default: curator's, 8192)")
     ap.add_argument("--no-influence", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    if a.ivf_build:
+        ivf_build(a.ivf_build, a.ivf_dim, [k for k in a.ivf_search.split(",") if k], a.seed)
+        return
     sizes = [int(s) for s in a.sizes.split(",")]
     kinds = [s for s in a.search.split(",") if s]
     common = ["--model", "tiny-random"] + (["--dim", str(a.dim)] if a.dim else [])

@@ -43,6 +43,7 @@ FAISS_CLASS = {"ivf": "IndexIVFFlat", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWF
 MIN_PER_CENTROID = 39  # FAISS's k-means warns with fewer training points per centroid
 TRAIN_BYTES = 512 << 20  # float32 training sample budget
 BUILD_CHUNK_BYTES = 64 << 20  # float32 rows added to an index at a time
+ADD_TABLE_BYTES = 32 << 20  # PQ distance tables of one add_with_ids call
 SAMPLE_SEED = 0
 
 
@@ -179,10 +180,12 @@ def _build_on_disk(index: Any, store: VectorSource, path: Path) -> dict[str, Any
     ivfdata = path.parent / f"{path.stem}.{secrets.token_hex(6)}.ivfdata"  # a fresh name: no reader has it open
     with tempfile.TemporaryDirectory(prefix=".index-build.", dir=path.parent) as tmp:
         shards = []
+        step = _rows_per_add(index)
         for lo, chunk in scan([store], [1.0], BUILD_CHUNK_BYTES):
             shard = faiss.clone_index(index)
             x = chunk.numpy()
-            shard.add_with_ids(x, np.arange(lo, lo + len(x), dtype=np.int64))
+            for a in range(0, len(x), step):
+                shard.add_with_ids(x[a : a + step], np.arange(lo + a, lo + min(a + step, len(x)), dtype=np.int64))
             shards.append(str(Path(tmp) / f"shard-{len(shards):05d}.index"))
             faiss.write_index(shard, shards[-1])
             del shard
@@ -203,6 +206,17 @@ def _quiet_stdout() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _rows_per_add(index: Any) -> int:
+    """Rows per ``add_with_ids`` call: PQ encoding holds a float table of m x 2**nbits per row
+    (64 KiB a row at m=64, 8 bits), so a whole chunk at once would spike by a gigabyte."""
+    import faiss
+
+    pq = getattr(faiss.downcast_index(faiss.extract_index_ivf(index)), "pq", None)
+    if pq is None:
+        return 1 << 30
+    return max(1, ADD_TABLE_BYTES // (4 * int(pq.M) * int(pq.ksub)))
 
 
 def _sha256_file(path: Path) -> str:
