@@ -10,9 +10,10 @@ each a near-duplicate of a train row. Then prints, with figures from this one ru
     here on the same data: the old path (float32 IndexFlatIP, search with k = N, scatter) and a
     plain numpy matrix product over all vectors held as float32 in memory;
   * exact top-k per eval item (FAISS over the float16 parts) against IndexFlatIP's search;
-  * for each approximate type (built on the first ``--approx-rows`` rows: building on all 1M
-    on 2 cores takes long): build time, bytes per example, query time and recall@k against
-    exact, on the eval items and on ``--queries`` fresh queries from the mixture.
+  * for each approximate type (built on the first ``--approx-rows`` rows; ``--approx-rows
+    1000000`` builds on all 1M): build time, bytes per example, query time and recall@k against
+    exact, on the eval items and on ``--queries`` fresh queries from the mixture; then index bytes
+    and build time extrapolated to ``--extrapolate`` rows (100M).
 
 Ratios and recall are the result; wall times on a shared machine are noisy.
 
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the float32 baselines (they hold N*dim*4 bytes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", type=Path, default=None, help="work here instead of a temp dir (kept)")
+    ap.add_argument("--extrapolate", type=int, default=100_000_000, help="rows to extrapolate index bytes and build time to")
     a = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="curator-query-") if a.dir is None else None
@@ -197,6 +199,7 @@ def main() -> None:
     print(f"{'type':8s} {'params':48s} {'build s':>8s} {'bytes/ex':>9s} {'ms/query':>9s} " + " ".join(f"{'recall ' + n:>22s}" for n in queries))
     flat_ms = 1000 * best_of(lambda: exact_top_k([sub], [1.0], queries["mixture queries"], a.k), 1)[0] / a.queries
     print(f"{'flat':8s} {'(float16 parts, exact)':48s} {0:8.1f} {2 * a.dim:9d} {flat_ms:9.2f} " + " ".join(f"{1.0:22.3f}" for _ in queries))
+    extrapolated: dict[str, dict[str, Any]] = {}
     for kind in [t for t in a.types.split(",") if t]:
         sub.request_search(kind)
         entry = sub.finalize()
@@ -206,7 +209,19 @@ def main() -> None:
         recalls = [recall(searcher.search(q, a.k)[1], exact[name]) for name, q in queries.items()]
         note = f" ({entry['fallback']})" if entry.get("fallback") else ""
         print(f"{entry['type']:8s} {params:48s} {entry.get('build_seconds', 0):8.1f} {entry['bytes_per_example']:9.1f} {ms:9.2f} " + " ".join(f"{r:22.3f}" for r in recalls) + note)
+        if entry.get("build_seconds"):
+            extrapolated[entry["type"]] = entry
         del searcher
+    if extrapolated:
+        big = a.extrapolate
+        print(f"\nextrapolated to {big:,} rows of dim {a.dim} (the training sample is capped, so training stays; filling grows with the rows;")
+        print("nlist = 4*sqrt(N) grows too, so the fill's per-row cost is a lower bound; float16 parts alone are "
+              f"{big * a.dim * 2 / 2**40:.2f} TiB):")
+        for kind, entry in extrapolated.items():
+            fill = entry["build_seconds"] - entry.get("train_seconds", 0.0)
+            secs = entry.get("train_seconds", 0.0) + fill * big / n_sub
+            print(f"  {kind:8s} index {entry['bytes_per_example'] * big / 2**30:9.1f} GiB, build >= {secs / 3600:7.1f} h on this machine "
+                  f"(train {entry.get('train_seconds', 0.0):.0f}s + fill {fill / n_sub * 1e6:.1f}s per 1M rows)")
     if tmp:
         tmp.cleanup()
 

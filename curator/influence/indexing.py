@@ -47,6 +47,7 @@ class IndexResult:
     index: dict[str, Any] | None = None  # the store's search index entry (type, params, fallback)
     rank: int = 0  # this process's rank in a torchrun job (rows_added: its own share)
     world: int = 1
+    phases: dict[str, float] | None = None  # a job's seconds per phase on this rank: agree, plan, featurize, wait, commit
 
 
 class Featurizer:
@@ -138,15 +139,18 @@ def _fill(store: GradientStore, featurizer: Featurizer, rows: Sequence[Row], rol
     truncated = 0
     bs = featurizer.config.batch_size
     progress("index", len(rows) - len(todo), len(rows))
+    t0 = time.perf_counter()
     for lo in range(0, len(todo), bs):
         batch = todo[lo : lo + bs]
         encoded = [featurizer.encode(r) for r in batch]
         truncated += sum(e.truncated for e in encoded)
         store.append([_row_record(r, e) for r, e in zip(batch, encoded)], featurizer.vectors(encoded, kind))
         progress("index", len(rows) - len(todo) + lo + len(batch), len(rows))
+    t1 = time.perf_counter()
     if todo or search_changed or not store.manifest.get("complete"):
         store.finalize()
-    return IndexResult(store.path, role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start, store.manifest.get("index"))
+    phases = {"featurize": t1 - t0, "commit": time.perf_counter() - t1}
+    return IndexResult(store.path, role, store.n_rows, len(todo), len(rows) - len(todo), truncated, time.perf_counter() - start, store.manifest.get("index"), phases=phases)
 
 
 def _open_job(out: Path, identity: dict[str, Any], search: str | None) -> tuple[GradientStore, int]:
@@ -174,7 +178,9 @@ def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: 
     identity = featurizer.identity(role, kind)
     settings = {**asdict(featurizer.config), "identity": {k: v for k, v in identity.items() if k != "gradient"}, "gradient": {k: v for k, v in identity["gradient"].items() if k != "device"},
                 "role": role, "kind": kind, "rows": hashlib.sha256("\n".join(r.id for r in rows).encode()).hexdigest(), "n_rows": len(rows)}
+    marks = [time.perf_counter()]
     group.agree("settings", settings)
+    marks.append(time.perf_counter())
     opened = group.on_rank0(lambda: _open_job(out, identity, featurizer.config.search))
     store = opened[0] if opened else None
     try:
@@ -186,14 +192,19 @@ def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: 
         mine, mine_enc = todo[lo:hi], encoded[lo:hi]
         held = {"rows": len(mine), "first": mine[0][0] + 1 if mine else None, "last": mine[-1][0] + 1 if mine else None, "source": source, "host": socket.gethostname(), "pid": os.getpid()}
         writer = (store or GradientStore.open(out)).rank_writer(job, group.rank, held)
+        marks.append(time.perf_counter())
         truncated = _fill_share(group, featurizer, mine, mine_enc, writer, kind, progress)
+        marks.append(time.perf_counter())
         group.barrier()
+        marks.append(time.perf_counter())
         entry = None
         if store is not None:
             store.fold_journals()
             entry = store.manifest.get("index") if store.manifest.get("complete") else store.finalize()
+        marks.append(time.perf_counter())
+        phases = dict(zip(("agree", "plan", "featurize", "wait", "commit"), (b - a for a, b in zip(marks, marks[1:]))))
         n_total = store.n_rows if store is not None else len(done) + len(todo)
-        return IndexResult(out, role, n_total, len(todo) if store is not None else len(mine), len(rows) - len(todo), truncated, time.perf_counter() - start, entry, group.rank, group.world)
+        return IndexResult(out, role, n_total, len(todo) if store is not None else len(mine), len(rows) - len(todo), truncated, time.perf_counter() - start, entry, group.rank, group.world, phases)
     finally:
         if store is not None:
             store.close()

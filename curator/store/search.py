@@ -162,6 +162,7 @@ def build(spec: SearchSpec, store: VectorSource, path: Path) -> dict[str, Any]:
         sample = store.read_rows(np.sort(rng.choice(store.n_rows, entry["train_rows"], replace=False)))
         index.train(sample)
         del sample
+    entry["train_seconds"] = round(time.perf_counter() - start, 3)
     if entry["type"] in ("ivf", "ivfpq"):
         entry.update(_build_on_disk(index, store, path))
     else:
