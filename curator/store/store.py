@@ -115,8 +115,8 @@ class GradientStore:
     def close(self) -> None:
         """Release the writer lock, if this process holds it."""
         if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+            self._lock, lock = None, self._lock
+            lock.release()
 
     @classmethod
     def _create_or_resume_locked(cls, p: Path, identity: dict[str, Any]) -> "GradientStore":
@@ -174,8 +174,8 @@ class GradientStore:
         ``held`` describes the rows the rank was given (first, last, rows, source), for the line
         that names them if the rank dies. Takes no lock: the job's one lock is rank 0's.
         """
-        identity = {k: v for k, v in self.manifest.items() if k not in ("parts", "rows", "truncated", "index", "complete", "next_part", "next_job", "folded")}
-        journal = {**identity, "job": job, "rank": rank, "held": held, "rows": 0, "truncated": 0, "parts": []}
+        skip = ("parts", "rows", "truncated", "index", "complete", "next_part", "next_job", "folded")
+        journal = {**{k: v for k, v in self.manifest.items() if k not in skip}, "job": job, "rank": rank, "held": held, "rows": 0, "truncated": 0, "parts": []}
         writer = GradientStore(self.path, journal, manifest_name=journal_name(job, rank), prefix=part_prefix(job, rank))
         writer.manifest_file.parent.mkdir(parents=True, exist_ok=True)
         writer._write_manifest()
@@ -197,9 +197,7 @@ class GradientStore:
                 if not all(isinstance(q, dict) and PART_NAME.fullmatch(str(q.get("name"))) for q in j["parts"]):
                     raise StoreError(f"{f}: the journal's parts list is damaged: delete it and rerun `curator index` (its rows are indexed again)")
                 self.manifest["parts"].extend(j["parts"])
-                self.manifest["rows"] += int(j.get("rows", 0))
-                self.manifest["truncated"] += int(j.get("truncated", 0))
-                self.manifest["complete"] = False
+                self.manifest.update(rows=self.manifest["rows"] + int(j.get("rows", 0)), truncated=self.manifest["truncated"] + int(j.get("truncated", 0)), complete=False)
                 folded.append(name)
                 added += int(j.get("rows", 0))
                 self._write_manifest()
