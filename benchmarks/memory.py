@@ -106,7 +106,7 @@ def measured(index, src, path):
     if mode == "on-disk":
         out = on_disk(index, src, path)
     else:  # the baseline: the same trained index filled in memory
-        for lo, chunk in scan([src], [1.0], search.BUILD_CHUNK_BYTES):
+        for lo, chunk in scan([src], [1.0], search.SHARD_BYTES):
             x = chunk.numpy()
             index.add_with_ids(x, np.arange(lo, lo + len(x), dtype=np.int64))
         out = {}

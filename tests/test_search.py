@@ -170,7 +170,7 @@ def test_each_index_type_finds_the_planted_duplicates(planted, tmp_path, kind):
 
 def test_ivf_built_part_by_part_equals_exact_scores(planted, monkeypatch):
     train, x, q = planted
-    monkeypatch.setattr(search, "BUILD_CHUNK_BYTES", 4 * D * 111)  # many add() calls, across parts
+    monkeypatch.setattr(search, "SHARD_BYTES", 4 * D * 111)  # many add() calls, across parts
 
     def no_full_load(self):
         raise AssertionError("finalize must not load every vector")
@@ -268,7 +268,8 @@ def test_a_store_from_before_search_types_is_searched_exactly(planted, tmp_path)
 def test_ivfpq_on_disk_from_parts_matches_exact_top1(planted, tmp_path, monkeypatch, capfd):
     """IVF-PQ built out of core: shards added with global row numbers, merged into on-disk lists."""
     train, x, q = planted
-    monkeypatch.setattr(search, "BUILD_CHUNK_BYTES", 4 * D * 137)  # many shards, crossing the 4 parts
+    monkeypatch.setattr(search, "SHARD_BYTES", 4 * D * 137)  # many shards, crossing the 4 parts
+    monkeypatch.setattr(search, "ADD_TABLE_BYTES", 4 * 8 * 256 * 50)  # add_with_ids 50 rows at a time
     exact = GradientStore.open(tmp_path / "train").index().search(q, 1)[1][:, 0]
     assert list(exact) == PLANTED
     train.request_search("ivfpq:m=8,nbits=4")

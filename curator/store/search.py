@@ -44,6 +44,7 @@ MIN_PER_CENTROID = 39  # FAISS's k-means warns with fewer training points per ce
 TRAIN_BYTES = 512 << 20  # float32 training sample budget
 BUILD_CHUNK_BYTES = 64 << 20  # float32 rows added to an index at a time
 ADD_TABLE_BYTES = 32 << 20  # PQ distance tables of one add_with_ids call
+SHARD_BYTES = 16 << 20  # float32 rows per shard of an out-of-core IVF build
 SAMPLE_SEED = 0
 
 
@@ -182,7 +183,7 @@ def _build_on_disk(index: Any, store: VectorSource, path: Path) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix=".index-build.", dir=path.parent) as tmp:
         shards = []
         step = _rows_per_add(index)
-        for lo, chunk in scan([store], [1.0], BUILD_CHUNK_BYTES):
+        for lo, chunk in scan([store], [1.0], SHARD_BYTES):
             shard = faiss.clone_index(index)
             x = chunk.numpy()
             for a in range(0, len(x), step):
