@@ -15,6 +15,7 @@ printing the line again, so a refused job says why once.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
@@ -175,8 +176,9 @@ def _timeout() -> timedelta:
 def join(device_type: str = "cpu") -> Iterator[Group]:
     """The job's group for the duration of a stage (a group of one outside torchrun).
 
-    Opens torch.distributed's default group from torchrun's environment when it is not open yet,
-    and closes it again at the end; a group opened by the caller is used and left open.
+    Opens torch.distributed's default group from torchrun's environment when it is not open yet.
+    It stays open for the next stage of the same script (a notebook or script under torchrun may
+    index two stores in a row) and is closed when the process exits.
     """
     if not launched():
         yield Group()
@@ -185,14 +187,13 @@ def join(device_type: str = "cpu") -> Iterator[Group]:
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    opened = False
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
         try:
             dist.init_process_group(backend=backend, timeout=_timeout())
         except Exception as exc:  # noqa: BLE001 (a rendezvous failure is the environment's, not a bug)
             raise CuratorRuntimeError(f"rank {rank} of {world}: could not join the torchrun job's process group ({type(exc).__name__}: {exc}): check MASTER_ADDR/MASTER_PORT or torchrun's --rdzv-endpoint") from None
-        opened = True
+        atexit.register(_close)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None  # leave quietly, progress bars closed
     try:
@@ -200,5 +201,10 @@ def join(device_type: str = "cpu") -> Iterator[Group]:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-        if opened and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def _close() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
