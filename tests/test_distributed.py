@@ -247,3 +247,25 @@ def test_align_two_ranks_equal_one(tmp_path: Path) -> None:
     # a rerun samples nothing: every group comes from the merged cache
     assert _run(_torchrun(2, ["align", str(data), "--out", str(tmp_path / "two.parquet"), *args]), tmp_path / "again.log") == 0
     assert "samples: 0 groups generated, 10 reused" in (tmp_path / "again.log").read_text()
+
+
+def test_library_calls_under_torchrun_share_one_group(tmp_path: Path) -> None:
+    """A script under torchrun may index two stores in a row: the group stays open between them."""
+    data = write_jsonl(tmp_path / "cands.jsonl", _rows(12))
+    script = tmp_path / "two_stores.py"
+    script.write_text(
+        "import sys\n"
+        "from curator.config import IndexConfig, ProjectionConfig\n"
+        "from curator.influence.indexing import index_file\n"
+        "c = IndexConfig(model='tiny-random', projection=ProjectionConfig(dim=64), batch_size=4)\n"
+        "a = index_file(sys.argv[1], sys.argv[2] + '/a', c)\n"
+        "b = index_file(sys.argv[1], sys.argv[2] + '/b', c, role='eval')\n"
+        "print(f'rank {a.rank} of {a.world}: {a.rows_total} {b.rows_total} {a.rows_added} {b.rows_added}')\n"
+    )
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(script), str(data), str(tmp_path)]
+    assert _run(cmd, tmp_path / "log") == 0, (tmp_path / "log").read_text()
+    log = (tmp_path / "log").read_text()
+    assert "rank 0 of 2: 12 12 12 12" in log  # rank 0 reports the job; rank 1 its own share
+    assert "rank 1 of 2: " in log
+    assert GradientStore.open(tmp_path / "a").ids() == GradientStore.open(tmp_path / "b").ids() == [f"r{i:04d}" for i in range(12)]
+    assert GradientStore.open(tmp_path / "b").manifest["role"] == "eval"
