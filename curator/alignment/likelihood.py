@@ -58,7 +58,7 @@ def response_nll(loaded: Any, examples: Sequence[Encoded], batch_size: int = 8) 
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, labels, mask = right_padded([examples[i] for i in idx], pad_id, model_device(model))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         target = labels[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
         scored = target != IGNORE_INDEX

@@ -252,7 +252,7 @@ class HiddenStates:
                 mask[r, : len(ids[i])] = 1
             device = next(self.model.parameters()).device
             input_ids, mask = input_ids.to(device), mask.to(device)
-            hidden = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[1:]
+            hidden = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states[1:]
             states = torch.stack(hidden, dim=1).float()  # [b, L, t, h]
             m = mask[:, None, :, None].float()
             pooled = torch.nn.functional.normalize((states * m).sum(2) / m.sum(2), dim=-1).cpu().numpy()  # only [b, L, h] comes back

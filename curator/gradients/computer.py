@@ -110,7 +110,7 @@ def response_loss(model: Any, enc: Encoded) -> torch.Tensor:
     labels = torch.tensor(enc.labels[1:], dtype=torch.long, device=device)
     if not bool((labels != IGNORE_INDEX).any()):
         raise InputError("an example has no response token left to score after truncation: raise --max-length")
-    logits = model(input_ids=ids).logits[0, :-1]
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="mean")
 
 

@@ -303,5 +303,5 @@ def open_index(store: VectorSource, path: Path, entry: dict[str, Any]) -> Approx
         # the store now lives (FAISS announces the new path on stdout; with IO_FLAG_MMAP it crashes)
         with _quiet_stdout():
             return ApproxSearcher(store, faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR), entry)
-    flag = faiss.IO_FLAG_MMAP_IFC if entry["type"] == "hnsw" else faiss.IO_FLAG_MMAP
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if entry["type"] == "hnsw" else faiss.IO_FLAG_MMAP  # faiss < 1.10 reads HNSW into memory
     return ApproxSearcher(store, faiss.read_index(str(path), flag), entry)

@@ -104,7 +104,7 @@ def pick_examples(cands: Sequence[Candidate], n: int, seed: int) -> list[Candida
 def batch_loss(model: Any, batch: Sequence[Encoded], pad_id: int) -> torch.Tensor:
     """Mean over the batch of each example's mean response-token cross-entropy (right-padded)."""
     ids, labels, mask = right_padded(batch, pad_id, model_device(model))
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
     target = labels[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
     scored = target != IGNORE_INDEX
