@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from curator.errors import CuratorRuntimeError, InputError
 
 _QUIET_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
+LAUNCHED_ENV = "CURATOR_LAUNCHER"  # set for the ranks --nproc starts: the launcher reports a dead rank
 
 
 def threads_per_rank(nproc: int) -> int:
@@ -47,6 +48,7 @@ def launch_local(nproc: int, args: Sequence[str], describe: Callable[[int], str 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(nproc)))
+    os.environ[LAUNCHED_ENV] = "1"
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()), rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1, start_method="spawn")
     levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
     for name in _QUIET_LOGGERS:  # the agent's own warnings; each rank reports its failure itself

@@ -29,7 +29,8 @@ from curator.gradients.computer import GradientComputer
 from curator.model.device import Placement
 from curator.model.models import LoadedModel, load_model
 from curator.gradients.projection import BLOCK_ROWS, Projector, normalize
-from curator.store.ranks import describe_held
+from curator.distributed.launch import LAUNCHED_ENV
+from curator.store.ranks import dead_ranks, describe_held
 from curator.store.store import GradientStore
 
 Row = Union[Candidate, EvalItem]
@@ -193,10 +194,17 @@ def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: 
         held = {"rows": len(mine), "first": mine[0][0] + 1 if mine else None, "last": mine[-1][0] + 1 if mine else None, "source": source, "host": socket.gethostname(), "pid": os.getpid()}
         writer = (store or GradientStore.open(out)).rank_writer(job, group.rank, held)
         marks.append(time.perf_counter())
-        truncated = _fill_share(group, featurizer, mine, mine_enc, writer, kind, progress)
-        marks.append(time.perf_counter())
-        group.barrier()
-        marks.append(time.perf_counter())
+        try:
+            truncated = _fill_share(group, featurizer, mine, mine_enc, writer, kind, progress)
+            marks.append(time.perf_counter())
+            group.barrier()
+            marks.append(time.perf_counter())
+        except Stopped:
+            _name_the_dead(out, job, group)
+            raise
+        except RuntimeError as exc:  # a collective that lost a peer (gloo: connection closed)
+            _name_the_dead(out, job, group)
+            raise CuratorRuntimeError(f"rank {group.rank} of {group.world}: another rank stopped answering at the end of the job ({type(exc).__name__}): rerun the same command, with any number of ranks, to resume from the committed rows") from exc
         entry = None
         if store is not None:
             store.fold_journals()
@@ -208,6 +216,16 @@ def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: 
     finally:
         if store is not None:
             store.close()
+
+
+def _name_the_dead(out: Path, job: int, group: Group) -> None:
+    """Rank 0, stopped by torchrun because a rank failed: name a rank of this node that died without
+    a word (a signal, the OOM killer), and the rows it held. ``curator index --nproc`` names it itself."""
+    if not group.is_main or os.environ.get(LAUNCHED_ENV):
+        return
+    for rank, held in dead_ranks(out, job, socket.gethostname()):
+        if rank != group.rank:
+            raise CuratorRuntimeError(f"rank {rank} of {group.world} died holding {held}: rerun the same command, with any number of ranks, to resume from the committed rows")
 
 
 def _fill_share(group: Group, featurizer: Featurizer, mine: list[tuple[int, Row]], encoded: list[Encoded], writer: GradientStore, kind: str | None, progress: ProgressFn) -> int:

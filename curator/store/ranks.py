@@ -63,6 +63,19 @@ def describe_held(journal: dict[str, Any]) -> str:
     return f"rows {held.get('first', '?')}-{held.get('last', '?')}{where} ({n} rows, {int(journal.get('rows', 0))} committed)"
 
 
+def dead_ranks(store: Path, job: int, host: str) -> list[tuple[int, str]]:
+    """(rank, what it held) for the ranks of ``job`` on ``host`` whose process is gone."""
+    from curator.io.atomic import pid_alive
+
+    gone = []
+    for j_job, rank, f in journals(store):
+        j = read_journal(f) if j_job == job else None
+        held = (j or {}).get("held") or {}
+        if j is not None and held.get("host") == host and isinstance(held.get("pid"), int) and not pid_alive(held["pid"]):
+            gone.append((rank, describe_held(j)))
+    return gone
+
+
 def rank_failure(store: Path, rank: int) -> str | None:
     """What ``rank`` held in the newest job of ``store``, from its journal (None when none is left)."""
     mine = [f for _, r, f in journals(store) if r == rank]
