@@ -272,3 +272,65 @@ def test_library_calls_under_torchrun_share_one_group(tmp_path: Path) -> None:
     assert "rank 1 of 2: " in log
     assert GradientStore.open(tmp_path / "a").ids() == GradientStore.open(tmp_path / "b").ids() == [f"r{i:04d}" for i in range(12)]
     assert GradientStore.open(tmp_path / "b").manifest["role"] == "eval"
+
+
+# ---------------------------------------------------------------------- journals, without processes
+
+
+def _ident(dim: int = 8) -> dict:
+    return {"role": "candidates", "model": {"spec": "x", "fingerprint": "fp"}, "lora": {"r": 8}, "projection": {"dim": dim, "seed": 0},
+            "gradient": {"kind": "sgd", "max_length": 64, "checkpoint": None, "dtype": "fp32", "lr_weight": 1.0}}
+
+
+def _unit(n: int, seed: int, dim: int = 8) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_journals_fold_once_in_rank_order_and_on_a_plain_resume(tmp_path: Path) -> None:
+    store = GradientStore.create_or_resume(tmp_path / "s", _ident())
+    job = store.new_job()
+    w1 = store.rank_writer(job, 1, {"rows": 2, "first": 3, "last": 4, "source": "d.jsonl"})
+    w0 = store.rank_writer(job, 0, {"rows": 2, "first": 1, "last": 2, "source": "d.jsonl"})
+    w1.append([{"id": "c"}, {"id": "d"}], _unit(2, 1))
+    w0.append([{"id": "a"}, {"id": "b"}], _unit(2, 0))
+    assert store.ids() == [] and sorted(p.name for p in (tmp_path / "s" / "parts").glob("*.npy")) == ["part-00000-r0000-00000.npy", "part-00000-r0001-00000.npy"]
+    store.close()
+    # a plain 1-process run folds what the killed job committed, rank 0 first
+    again = GradientStore.create_or_resume(tmp_path / "s", _ident())
+    assert again.ids() == ["a", "b", "c", "d"] and again.n_rows == 4 and not journals(tmp_path / "s")
+    np.testing.assert_allclose(again.vectors()[:2], _unit(2, 0), atol=1e-3)
+    # a fold cut short after the manifest was written, before the journal was deleted, adds nothing
+    (tmp_path / "s" / "ranks").mkdir(exist_ok=True)
+    (tmp_path / "s" / "ranks" / "job-00000-rank-00001.json").write_text(json.dumps(w1.manifest))
+    assert again.fold_journals() == 0 and again.n_rows == 4 and not journals(tmp_path / "s")
+    again.close()
+
+
+def test_a_journal_of_other_settings_is_refused(tmp_path: Path) -> None:
+    store = GradientStore.create_or_resume(tmp_path / "s", _ident())
+    w = store.rank_writer(store.new_job(), 1, {"rows": 1})
+    w.append([{"id": "a"}], _unit(1, 0))
+    w.manifest["projection"]["seed"] = 1
+    w._write_manifest()
+    from curator.errors import MismatchError
+
+    with pytest.raises(MismatchError, match=r"rank 1's journal .* differ in projection"):
+        store.fold_journals()
+    store.close()
+
+
+def test_what_a_dead_rank_held(tmp_path: Path) -> None:
+    from curator.store.ranks import dead_ranks, rank_failure
+    from tests.helpers import dead_pid
+    import socket
+
+    store = GradientStore.create_or_resume(tmp_path / "s", _ident())
+    job = store.new_job()
+    w = store.rank_writer(job, 1, {"rows": 50, "first": 51, "last": 100, "source": "cands.jsonl", "host": socket.gethostname(), "pid": dead_pid()})
+    w.append([{"id": "a"}], _unit(1, 0))
+    store.rank_writer(job, 0, {"rows": 50, "first": 1, "last": 50, "source": "cands.jsonl", "host": socket.gethostname(), "pid": os.getpid()})
+    assert rank_failure(tmp_path / "s", 1) == "rows 51-100 of cands.jsonl (50 rows, 1 committed)"
+    assert dead_ranks(tmp_path / "s", job, socket.gethostname()) == [(1, "rows 51-100 of cands.jsonl (50 rows, 1 committed)")]
+    assert rank_failure(tmp_path / "s", 5) is None
+    store.close()

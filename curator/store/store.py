@@ -175,7 +175,7 @@ class GradientStore:
         that names them if the rank dies. Takes no lock: the job's one lock is rank 0's.
         """
         skip = ("parts", "rows", "truncated", "index", "complete", "next_part", "next_job", "folded")
-        journal = {**{k: v for k, v in self.manifest.items() if k not in skip}, "job": job, "rank": rank, "held": held, "rows": 0, "truncated": 0, "parts": []}
+        journal = {**json.loads(json.dumps({k: v for k, v in self.manifest.items() if k not in skip})), "job": job, "rank": rank, "held": held, "rows": 0, "truncated": 0, "parts": []}
         writer = GradientStore(self.path, journal, manifest_name=journal_name(job, rank), prefix=part_prefix(job, rank))
         writer.manifest_file.parent.mkdir(parents=True, exist_ok=True)
         writer._write_manifest()
