@@ -188,14 +188,14 @@ def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: 
         job = group.broadcast(opened[1] if opened else None)
         done = set((store or GradientStore.open(out)).ids())
         todo = [(pos, r) for pos, r in enumerate(rows) if r.id not in done]
-        encoded = [featurizer.encode(r) for _, r in todo]  # every rank: the split is by tokens
-        lo, hi = balanced_ranges([len(e.input_ids) for e in encoded], group.world)[group.rank]
-        mine, mine_enc = todo[lo:hi], encoded[lo:hi]
+        tokens = [len(featurizer.encode(r).input_ids) for _, r in todo]  # every rank: the split is by tokens (kept: lengths only)
+        lo, hi = balanced_ranges(tokens, group.world)[group.rank]
+        mine = todo[lo:hi]
         held = {"rows": len(mine), "first": mine[0][0] + 1 if mine else None, "last": mine[-1][0] + 1 if mine else None, "source": source, "host": socket.gethostname(), "pid": os.getpid()}
         writer = (store or GradientStore.open(out)).rank_writer(job, group.rank, held)
         marks.append(time.perf_counter())
         try:
-            truncated = _fill_share(group, featurizer, mine, mine_enc, writer, kind, progress)
+            truncated = _fill_share(group, featurizer, mine, writer, kind, progress)
             marks.append(time.perf_counter())
             group.barrier()
             marks.append(time.perf_counter())
@@ -228,21 +228,25 @@ def _name_the_dead(out: Path, job: int, group: Group) -> None:
             raise CuratorRuntimeError(f"rank {rank} of {group.world} died holding {held}: rerun the same command, with any number of ranks, to resume from the committed rows")
 
 
-def _fill_share(group: Group, featurizer: Featurizer, mine: list[tuple[int, Row]], encoded: list[Encoded], writer: GradientStore, kind: str | None, progress: ProgressFn) -> int:
-    """Commit one rank's share batch by batch; a failure names the rank and the rows it held."""
+def _fill_share(group: Group, featurizer: Featurizer, mine: list[tuple[int, Row]], writer: GradientStore, kind: str | None, progress: ProgressFn) -> int:
+    """Commit one rank's share batch by batch; the number of truncated rows. A failure names the
+    rank and the rows it held."""
     bs = featurizer.config.batch_size
     stage = f"index (rank {group.rank} of {group.world})"
     progress(stage, 0, len(mine))
+    truncated = 0
     try:
         for lo in range(0, len(mine), bs):
-            batch, enc = [r for _, r in mine[lo : lo + bs]], encoded[lo : lo + bs]
+            batch = [r for _, r in mine[lo : lo + bs]]
+            enc = [featurizer.encode(r) for r in batch]
+            truncated += sum(e.truncated for e in enc)
             writer.append([_row_record(r, e) for r, e in zip(batch, enc)], featurizer.vectors(enc, kind))
             progress(stage, lo + len(batch), len(mine))
     except Stopped:
         raise
     except (CuratorError, RuntimeError, OSError, ValueError) as exc:
         raise CuratorRuntimeError(f"rank {group.rank} of {group.world} failed holding {describe_held(writer.manifest)}: {exc}: rerun the same command, with any number of ranks, to resume from the committed rows") from exc
-    return sum(e.truncated for e in encoded)
+    return truncated
 
 
 def index_file(data: str | Path, out: str | Path, config: IndexConfig, role: str = "auto", progress: ProgressFn = no_progress, featurizer: Featurizer | None = None) -> IndexResult:
