@@ -334,3 +334,18 @@ def test_what_a_dead_rank_held(tmp_path: Path) -> None:
     assert dead_ranks(tmp_path / "s", job, socket.gethostname()) == [(1, "rows 51-100 of cands.jsonl (50 rows, 1 committed)")]
     assert rank_failure(tmp_path / "s", 5) is None
     store.close()
+
+
+def test_align_with_more_ranks_than_groups(tmp_path: Path) -> None:
+    """3 ranks, 2 prompt groups: a rank with nothing to sample or score still joins the job."""
+    data = write_jsonl(tmp_path / "cands.jsonl", _rows(6))  # groups g0 and g1
+    args = ["--model", "tiny-random", "--samples", "2", "--max-new-tokens", "6", "--metrics", "rouge-l,perplexity"]
+    assert _run([str(BIN / "curator"), "-q", "align", str(data), "--out", str(tmp_path / "one.parquet"), *args], tmp_path / "one.log") == 0
+    assert _run(_torchrun(3, ["align", str(data), "--out", str(tmp_path / "three.parquet"), *args]), tmp_path / "three.log") == 0, (tmp_path / "three.log").read_text()
+    import pandas as pd
+
+    one, three = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "three.parquet")
+    assert list(three["id"]) == list(one["id"]) and dict(three.dtypes) == dict(one.dtypes)
+    for col in ["rouge-l", "perplexity", "alignment"]:
+        np.testing.assert_allclose(three[col].to_numpy(float), one[col].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=col)
+    assert "Warning" not in (tmp_path / "three.log").read_text()

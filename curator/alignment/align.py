@@ -210,17 +210,29 @@ def _align_ranks(group: Group, cands: list[Candidate], loaded: LoadedModel, conf
     cost = [sum(len(tok(cands[i].response, add_special_tokens=False)["input_ids"]) + lengths[g] for i in by_group[g]) for g in names]
     glo, ghi = balanced_ranges(cost, group.world)[group.rank]
     mine = sorted(i for g in names[glo:ghi] for i in by_group[g])
-    part = score_candidates([cands[i] for i in mine], loaded, config, samples_path(out), progress, all_prompts=prompts, combine=False)
+    if mine:
+        part = score_candidates([cands[i] for i in mine], loaded, config, samples_path(out), progress, all_prompts=prompts, combine=False)
+    else:  # more ranks than prompt groups: nothing to score here
+        part = AlignResult(_empty_table(config), None, None, SamplingStats(), 0, [], 0.0)
     part.table.insert(0, "_pos", mine)
     everyone = group.gather((part.table, stats.generated, part.empty_samples, part.groups_without_samples))
     if not group.is_main:
         return AlignResult(part.table.drop(columns="_pos"), None, samples_path(out), stats, part.empty_samples, part.groups_without_samples, time.perf_counter() - start, group.rank, group.world)
-    table = pd.concat([t for t, *_ in everyone], ignore_index=True).sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
+    table = pd.concat([t for t, *_ in everyone if len(t)] or [everyone[0][0]], ignore_index=True).sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
     table["alignment"] = combined_alignment(table, [m for m in config.metrics if m in ALIGNMENT_METRICS])
     write_table(table, out)
     generated = sum(g for _, g, _, _ in everyone)
-    total = SamplingStats(generated=generated, cached=len(names) - generated, empty=part.sampling.empty, seconds=time.perf_counter() - start)
-    return AlignResult(table, out, samples_path(out), total, _empty_samples(table, config.sampling.k), part.groups_without_samples, time.perf_counter() - start, group.rank, group.world)
+    empty = _empty_samples(table, config.sampling.k)
+    total = SamplingStats(generated=generated, cached=len(names) - generated, empty=empty, seconds=time.perf_counter() - start)
+    missing = sorted({g for *_, gone in everyone for g in gone})
+    return AlignResult(table, out, samples_path(out), total, empty, missing, time.perf_counter() - start, group.rank, group.world)
+
+
+def _empty_table(config: AlignConfig) -> pd.DataFrame:
+    """The columns ``score_candidates`` writes before the combined score, with no rows."""
+    metrics = [m for m in config.metrics if m in ALIGNMENT_METRICS] + [m for m in ("perplexity", "sappl") if m in config.metrics]
+    dtypes = {"id": object, "strategy": object, "task": object, "group": object, "n_samples": "int64", **{m: float for m in metrics}}
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
 
 
 def _empty_samples(table: pd.DataFrame, k: int) -> int:
