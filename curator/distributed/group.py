@@ -138,15 +138,6 @@ class Group:
                         raise MismatchError(msg)
                     raise PeerError(msg, MismatchError.exit_code)
 
-    def check_all(self, error: CuratorError | None) -> None:
-        """Raise ``error`` here, and a PeerError on the ranks without one, when any rank has one."""
-        everyone = self.gather(None if error is None else (str(error), error.exit_code))
-        if error is not None:
-            raise error
-        for theirs in everyone:
-            if theirs is not None:
-                raise PeerError(*theirs)
-
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as dotted keys, so a difference is named down to the field."""
