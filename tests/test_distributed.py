@@ -349,3 +349,14 @@ def test_align_with_more_ranks_than_groups(tmp_path: Path) -> None:
     for col in ["rouge-l", "perplexity", "alignment"]:
         np.testing.assert_allclose(three[col].to_numpy(float), one[col].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=col)
     assert "Warning" not in (tmp_path / "three.log").read_text()
+
+
+def test_truncated_rows_are_counted_over_the_job(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "cands.jsonl", _rows(8))
+    args = ["--max-length", "24", *COMMON]
+    assert _run([str(BIN / "curator"), "-q", "index", str(data), "--out", str(tmp_path / "one"), *args], tmp_path / "one.log") == 0
+    assert _run(_torchrun(2, ["index", str(data), "--out", str(tmp_path / "two"), *args]), tmp_path / "two.log") == 0, (tmp_path / "two.log").read_text()
+    one = [ln for ln in (tmp_path / "one.log").read_text().splitlines() if "truncated to --max-length" in ln]
+    two = [ln for ln in (tmp_path / "two.log").read_text().splitlines() if "truncated to --max-length" in ln]
+    assert len(one) == 1 and two == one  # e.g. "8 row(s) truncated to --max-length 24 ..."
+    assert GradientStore.open(tmp_path / "two").manifest["truncated"] == GradientStore.open(tmp_path / "one").manifest["truncated"] > 0

@@ -199,6 +199,7 @@ def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: 
             marks.append(time.perf_counter())
             group.barrier()
             marks.append(time.perf_counter())
+            truncated = sum(group.gather(truncated))  # the job's, as one process would count them
         except Stopped:
             _name_the_dead(out, job, group)
             raise
