@@ -25,7 +25,7 @@ import pandas as pd
 
 from curator.alignment.similarity import Embedder, HiddenStates, non_empty, score_alignment
 from curator.config import DeviceConfig, ProgressFn, no_progress
-from curator.io.data import Candidate, Prompt, load_candidates
+from curator.io.data import Candidate, Prompt, load_candidates, prompt_text
 from curator.errors import InputError
 from curator.alignment.metrics import ALIGNMENT_METRICS, ALL_METRICS
 from curator.alignment.likelihood import perplexity, self_aligned_perplexity
@@ -198,7 +198,7 @@ def _align_ranks(group: Group, cands: list[Candidate], loaded: LoadedModel, conf
     names = list(prompts)
     todo = [g for g in names if cache_key(loaded.fingerprint, prompts[g], config.sampling) not in keys]
     rows = 1 if config.sampling.greedy else config.sampling.k
-    lengths = {g: len(tok(_flat(prompts[g]), add_special_tokens=False)["input_ids"]) for g in names}
+    lengths = {g: len(tok(prompt_text(prompts[g]), add_special_tokens=False)["input_ids"]) for g in names}
     lo, hi = balanced_ranges([rows * (lengths[g] + config.sampling.max_new_tokens) for g in todo], group.world)[group.rank]
     stats = SamplingStats()
     sample_outputs(loaded, {g: prompts[g] for g in todo[lo:hi]}, config.sampling, rank_samples_path(out, group.rank), progress=progress, stats=stats)
@@ -239,7 +239,3 @@ def _empty_samples(table: pd.DataFrame, k: int) -> int:
     """Empty samples over the job's groups (each group counted once)."""
     per_group = table.drop_duplicates("group")["n_samples"]
     return int((k - per_group).sum())
-
-
-def _flat(prompt: Prompt) -> str:
-    return prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)

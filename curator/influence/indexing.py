@@ -186,13 +186,14 @@ def _fill_ranks(group: Group, featurizer: Featurizer, rows: Sequence[Row], out: 
     store = opened[0] if opened else None
     try:
         job = group.broadcast(opened[1] if opened else None)
-        done = set((store or GradientStore.open(out)).ids())
+        view = store or GradientStore.open(out)  # after rank 0's fold: the rows already committed
+        done = set(view.ids())
         todo = [(pos, r) for pos, r in enumerate(rows) if r.id not in done]
         tokens = [len(featurizer.encode(r).input_ids) for _, r in todo]  # every rank: the split is by tokens (kept: lengths only)
         lo, hi = balanced_ranges(tokens, group.world)[group.rank]
         mine = todo[lo:hi]
         held = {"rows": len(mine), "first": mine[0][0] + 1 if mine else None, "last": mine[-1][0] + 1 if mine else None, "source": source, "host": socket.gethostname(), "pid": os.getpid()}
-        writer = (store or GradientStore.open(out)).rank_writer(job, group.rank, held)
+        writer = view.rank_writer(job, group.rank, held)
         marks.append(time.perf_counter())
         try:
             truncated = _fill_share(group, featurizer, mine, writer, kind, progress)

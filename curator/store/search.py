@@ -37,6 +37,7 @@ import numpy as np
 
 from curator.config import SearchSpec, divisors
 from curator.io.atomic import write_atomic
+from curator.store.parts import sha256_file
 from curator.store.scan import VectorSource, exact_top_k, scan
 
 FAISS_CLASS = {"ivf": "IndexIVFFlat", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
@@ -193,7 +194,7 @@ def _build_on_disk(index: Any, store: VectorSource, path: Path) -> dict[str, Any
             del shard
         with _quiet_stdout():  # OnDiskInvertedLists printf()s each file resize
             merge_ondisk(index, shards, str(ivfdata))
-    return {"ivfdata": ivfdata.name, "ivfdata_bytes": ivfdata.stat().st_size, "ivfdata_sha256": _sha256_file(ivfdata)}
+    return {"ivfdata": ivfdata.name, "ivfdata_bytes": ivfdata.stat().st_size, "ivfdata_sha256": sha256_file(ivfdata)}
 
 
 @contextmanager
@@ -219,14 +220,6 @@ def _rows_per_add(index: Any) -> int:
     if pq is None:
         return 1 << 30
     return max(1, ADD_TABLE_BYTES // (4 * int(pq.M) * int(pq.ksub)))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def remove_stale_ivfdata(folder: Path, entry: dict[str, Any] | None) -> None:
