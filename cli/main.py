@@ -27,6 +27,7 @@ def cli(quiet: bool) -> None:
 
     \b
     Typical run:
+      curator generate prompts.jsonl --strategies direct,cot --out candidates.jsonl
       curator index candidates.jsonl --out train_store
       curator index eval.jsonl --out eval_store
       curator influence --train train_store --eval eval_store --out influence.parquet
@@ -407,7 +408,9 @@ def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, m
 
 
 from curator.cli.argilla import argilla_group, export_cmd  # noqa: E402  (registered after the core commands)
+from curator.cli.generate import generate  # noqa: E402
 
+cli.add_command(generate)
 cli.add_command(argilla_group)
 cli.add_command(export_cmd)
 

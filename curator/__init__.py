@@ -6,8 +6,9 @@ a candidate matches outputs sampled from the target model). The core library nev
 CLI, Argilla or click.
 
 The rooms, lowest first: ``io`` (rows and tables), ``model`` (the target LM and sampling),
-``gradients``, ``store``, ``influence``, ``alignment``, ``curation`` (ranking, annotations,
-export) and ``validation``. The verbs a notebook needs are importable from here, lazily: nothing
+``gradients``, ``store``, ``influence``, ``alignment``, ``generation`` (candidates per strategy,
+from a local model or an OpenAI-compatible server), ``curation`` (ranking, annotations, export)
+and ``validation``. The verbs a notebook needs are importable from here, lazily: nothing
 heavy (torch, pandas, FAISS) is imported until one is used. See docs/library.md.
 """
 
@@ -20,7 +21,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "curator.config": ("DeviceConfig", "GradientConfig", "IndexConfig", "LoraSettings", "ProjectionConfig"),
         "curator.errors": ("CuratorError", "InputError"),
-        "curator.io.data": ("load_candidates", "load_eval"),
+        "curator.io.data": ("load_candidates", "load_eval", "load_prompts"),
         "curator.io.tables": ("read_table", "write_table"),
         "curator.model.models": ("load_model",),
         "curator.model.sampling": ("SamplingConfig",),
@@ -31,6 +32,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "curator.influence.study": ("run_study", "write_report"),
         "curator.alignment.align": ("AlignConfig", "align_file", "score_candidates"),
         "curator.alignment.selection": ("select_strategy", "write_selection_report"),
+        "curator.generation.generate": ("GenerateConfig", "GeneratorSpec", "generate_file"),
+        "curator.generation.remote": ("RemoteConfig",),
         "curator.curation.ranking": ("RankingWeights", "rank_candidates"),
         "curator.curation.export": ("ExportConfig", "export"),
         "curator.validation.run": ("ValidateConfig", "run_validate"),

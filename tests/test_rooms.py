@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"io"},
     "influence": {"gradients", "store", "model", "distributed", "io"},
     "alignment": {"model", "distributed", "io"},
+    "generation": {"alignment", "model", "store", "io"},
     "curation": {"influence", "alignment", "io"},
     "validation": {"influence", "alignment", "gradients", "store", "model", "io"},
 }

@@ -34,6 +34,22 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class PromptRow:
+    """A prompt to generate candidates for (``curator generate``).
+
+    ``id`` becomes the ``group`` of its candidates; ``fields`` holds every field of the row (the
+    ones a strategy's templates may name), with ``prompt`` validated.
+    """
+
+    id: str
+    prompt: Prompt
+    reference: str | None
+    task: str | None
+    fields: dict[str, Any]
+    where: str
+
+
+@dataclass(frozen=True)
 class EvalItem:
     id: str
     prompt: Prompt
@@ -152,6 +168,34 @@ def load_eval(path: str | Path, rows: list[tuple[str, dict[str, Any]]] | None = 
         rid = _text(where, row, "id", False, "") or content_hash(prompt, response, task)
         out.append(EvalItem(rid, prompt, response, task))  # type: ignore[arg-type]
     _check_unique([(w, e.id) for (w, _), e in zip(rows, out)], path)
+    return out
+
+
+def load_prompts(path: str | Path, rows: list[tuple[str, dict[str, Any]]] | None = None) -> list[PromptRow]:
+    """Load and validate prompt rows (prompt; optional reference, task, id, and any other fields).
+
+    A missing id becomes ``g-`` + the prompt's content hash: the group ``load_candidates`` gives a
+    candidate of that prompt when it has no group. Two rows with the same id are refused.
+    """
+    rows = read_rows(path) if rows is None else rows
+    out: list[PromptRow] = []
+    seen: dict[str, str] = {}
+    for where, row in rows:
+        prompt = _prompt(where, row.get("prompt"))
+        reference = _text(where, row, "reference", False, "")
+        task = _text(where, row, "task", False, "")
+        rid = _text(where, row, "id", False, "")
+        fields = {k: v for k, v in row.items() if not _missing(v)}
+        fields["prompt"] = prompt
+        key = rid or "g-" + content_hash(prompt)
+        if key in seen:
+            first = seen[key][len(f"{Path(path)}: ") :]
+            what = f"duplicate id {short_repr(rid)}" if rid else "the same prompt again"
+            raise InputError(f"{where}: {what} (first at {first}): give every prompt row its own 'id', or remove the repeated row")
+        seen[key] = where
+        out.append(PromptRow(key, prompt, reference, task, fields, where))
+    if not out:
+        raise InputError(f"{path}: no prompt rows: add rows with a 'prompt' field")
     return out
 
 

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -233,13 +233,16 @@ def sample_outputs(
     cache_path: str | Path | None = None,
     progress: ProgressFn = no_progress,
     stats: SamplingStats | None = None,
+    on_batch: Callable[[dict[str, list[str]]], None] | None = None,
+    stage: str = STAGE,
 ) -> dict[str, list[str]]:
     """Exactly ``config.k`` samples (assistant text, special tokens stripped, trimmed) per group id.
 
     An empty string means the model produced nothing. With ``cache_path``, finished prompts are
     appended to that JSONL file after every batch and reused by later calls; pass ``stats`` to
-    learn how many groups were generated or cached. Progress is reported as ("sampling", done, total)
-    in groups.
+    learn how many groups were generated or cached. Progress is reported as (``stage``, done, total)
+    in groups. ``on_batch`` receives each generated batch's samples by group as soon as the batch
+    is done (``curator generate`` writes its rows from it, so a kill loses at most one batch).
     """
     start = time.perf_counter()
     tok, model = loaded.tokenizer, loaded.model
@@ -269,7 +272,7 @@ def sample_outputs(
         pending[key] = _Pending(key, content_hash(prompt), list(ids), [group])
     n_cached = len(result)
     total = len(prompts)
-    progress(STAGE, n_cached, total)
+    progress(stage, n_cached, total)
     todo = sorted(pending.values(), key=lambda p: len(p.ids))  # similar lengths share a batch: less padding
     rows = 1 if config.greedy else config.k  # greedy rows of one prompt are identical
     stop_ids = stop_token_ids(loaded)
@@ -314,8 +317,10 @@ def sample_outputs(
                     lines.append({"key": p.key, "group": g, "samples": texts})
             if path is not None:
                 _append(path, lines)
+            if on_batch is not None:
+                on_batch({x["group"]: x["samples"] for x in lines})
             done += len(lines)
-            progress(STAGE, done, total)
+            progress(stage, done, total)
     finally:
         model.train(was_training)
     ordered = {g: result[g] for g in prompts}

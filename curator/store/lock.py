@@ -51,11 +51,15 @@ def describe(holder: dict[str, Any] | None) -> str:
 
 
 class StoreLock:
-    """``with StoreLock(store_dir):`` holds the store's writer lock, or raises StoreLockedError."""
+    """``with StoreLock(store_dir):`` holds the store's writer lock, or raises StoreLockedError.
 
-    def __init__(self, store: str | Path) -> None:
+    ``lock_file`` and ``what`` let another single-writer artefact in ``store`` use the same lock
+    (``curator generate`` locks ``<out>.lock`` beside its output file)."""
+
+    def __init__(self, store: str | Path, lock_file: str = LOCK_FILE, what: str = "store") -> None:
         self.store = Path(store)
-        self.path = self.store / LOCK_FILE
+        self.path = self.store / lock_file
+        self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> "StoreLock":
@@ -66,7 +70,7 @@ class StoreLock:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreLockedError(f"{self.store}: the store is being written by {describe(read_holder(self.path))}: wait for it to finish, or stop it, then rerun") from None
+                raise StoreLockedError(f"{self._target()}: the {self.what} is being written by {describe(read_holder(self.path))}: wait for it to finish, or stop it, then rerun") from None
             if exc.errno != errno.ENOLCK:
                 raise
             return self._acquire_without_flock()
@@ -77,11 +81,14 @@ class StoreLock:
     def _acquire_without_flock(self) -> "StoreLock":
         holder = read_holder(self.path)
         if holder and (holder.get("host") != socket.gethostname() or pid_alive(holder["pid"])) and holder.get("pid") != os.getpid():
-            raise StoreLockedError(f"{self.store}: the store is being written by {describe(holder)}: wait for it to finish, or stop it, then rerun")
+            raise StoreLockedError(f"{self._target()}: the {self.what} is being written by {describe(holder)}: wait for it to finish, or stop it, then rerun")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fd = fd
         self._write_holder(fd)
         return self
+
+    def _target(self) -> Path:
+        return self.store if self.path.name == LOCK_FILE else self.store / self.path.name.removesuffix(".lock")
 
     def _write_holder(self, fd: int) -> None:
         line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200], "started": time.time()})
