@@ -10,6 +10,8 @@ blocks. This script reads it straight from the wheel (lm-eval is never installed
   gets 4 candidates (strategies ``direct``, ``cot``, ``clarify``, ``evaluate``).
 * ``curator/assets/demo/eval.jsonl``: questions 3-4 of the same subjects, with the source
   chain-of-thought answer as reference.
+* ``curator/assets/demo/prompts.jsonl``: the 24 probe questions alone (id, prompt, reference,
+  task), the input of ``curator generate``; the reference is the source chain-of-thought answer.
 
 The output is deterministic (fixed subject order, one ``random.Random(0)``, fixed key order,
 UTF-8 with ``\\n`` line endings): re-running gives byte-identical files. See SOURCE.md next to the
@@ -167,12 +169,13 @@ def candidate_responses(q: Question, rng: random.Random) -> dict[str, str]:
     }
 
 
-def build(prompts: dict[str, str]) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, str]]:
-    """Return (candidate rows, eval rows, source answer letter by f"{task}-{k}")."""
+def build(prompts: dict[str, str]) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, str], list[dict[str, str]]]:
+    """Return (candidate rows, eval rows, source answer letter by f"{task}-{k}", prompt rows)."""
     rng = random.Random(0)
     answers: dict[str, str] = {}
     candidates: list[dict[str, str]] = []
     evals: list[dict[str, str]] = []
+    probe_prompts: list[dict[str, str]] = []
     for task in SUBJECTS:
         questions = parse_subject(task, prompts[task])
         if len(questions) < len(PROBES) + len(EVALS):
@@ -181,6 +184,7 @@ def build(prompts: dict[str, str]) -> tuple[list[dict[str, str]], list[dict[str,
         for k in PROBES:
             q = questions[k]
             group = f"{task}-{k}"
+            probe_prompts.append({"id": group, "prompt": q.prompt, "reference": cot_response(q), "task": task})
             for strategy, response in candidate_responses(q, rng).items():
                 candidates.append(
                     {"id": f"{group}-{strategy}", "prompt": q.prompt, "response": response,
@@ -189,7 +193,7 @@ def build(prompts: dict[str, str]) -> tuple[list[dict[str, str]], list[dict[str,
         for k in EVALS:
             q = questions[k]
             evals.append({"id": f"eval-{task}-{k}", "prompt": q.prompt, "response": cot_response(q), "task": task})
-    return candidates, evals, answers
+    return candidates, evals, answers, probe_prompts
 
 
 def validate(candidates: list[dict[str, str]], evals: list[dict[str, str]], answers: dict[str, str]) -> None:
@@ -218,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="output folder (default: curator/assets/demo)")
     args = ap.parse_args(argv)
     prompts = read_prompts(ensure_wheel(args.wheel))
-    candidates, evals, answers = build(prompts)
+    candidates, evals, answers, probe_prompts = build(prompts)
     validate(candidates, evals, answers)
+    assert [r["id"] for r in probe_prompts] == list(dict.fromkeys(r["group"] for r in candidates))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(args.out_dir / "candidates.jsonl", candidates)
     write_jsonl(args.out_dir / "eval.jsonl", evals)
-    print(f"wrote {len(candidates)} candidates and {len(evals)} eval rows to {args.out_dir}", file=sys.stderr)
+    write_jsonl(args.out_dir / "prompts.jsonl", probe_prompts)
+    print(f"wrote {len(candidates)} candidates, {len(evals)} eval rows and {len(probe_prompts)} prompts to {args.out_dir}", file=sys.stderr)
     return 0
 
 

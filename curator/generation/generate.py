@@ -59,6 +59,7 @@ class GeneratorSpec:
         d: dict[str, Any] = {"backend": self.backend, "model": self.remote.model if self.remote else self.model}
         if self.remote is not None:
             d["base_url"] = self.remote.base_url  # recorded, not compared: a server may move
+            d["extra_body"] = dict(self.remote.extra_body)
         return d
 
 
@@ -226,7 +227,7 @@ def generate_file(prompts: str | Path, out: str | Path, config: GenerateConfig, 
         candidate: dict[str, Any] = {"id": content_hash(row.prompt, text, s.name, row.id), "group": row.id, "prompt": row.prompt, "response": text, "strategy": s.name}
         if row.task is not None:
             candidate["task"] = row.task
-        if config.verify == "answer" and s.model != "none":
+        if config.verify == "answer":
             check = _verify(text, row.reference)
             if check == "mismatch" and config.on_mismatch == "drop":
                 c.dropped += 1

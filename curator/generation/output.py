@@ -48,9 +48,9 @@ def compare(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
         was = old["generators"].get(role)
         if was is None:
             continue
-        for key in ("backend", "model"):
+        for key in ("backend", "model", "extra_body"):
             if was.get(key) != gen.get(key):
-                option = {"teacher": {"backend": "--backend", "model": "--model"}, "target": {"backend": "--target-backend", "model": "--target-model"}}[role][key]
+                option = {"teacher": {"backend": "--backend", "model": "--model", "extra_body": "--extra-body"}, "target": {"backend": "--target-backend", "model": "--target-model", "extra_body": "--target-extra-body"}}[role][key]
                 raise InputError(f"{out}: its {role} rows were generated with {option} {_fmt(was.get(key))}, and this run asks for {_fmt(gen.get(key))}: {fix}")
     for name, s in new["strategies"].items():
         was = old["strategies"].get(name)

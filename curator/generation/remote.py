@@ -34,6 +34,7 @@ from curator.io.data import Message
 
 log = logging.getLogger("curator")
 RETRY_STATUS = {408, 409, 425}  # besides 429 and every 5xx
+REQUEST_FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "seed", "n", "stream"}
 MAX_RETRY_AFTER = 300.0  # a Retry-After longer than this is cut to it
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 20.0
@@ -70,9 +71,15 @@ class RemoteConfig:
     timeout: float = 120.0
     connect_timeout: float = 10.0
     retries: int = 6
+    extra_body: tuple[tuple[str, Any], ...] = ()  # fields merged into every request (--extra-body)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", normalise_url(self.base_url))
+        if isinstance(self.extra_body, dict):
+            object.__setattr__(self, "extra_body", tuple(sorted(self.extra_body.items())))
+        clash = sorted({k for k, _ in self.extra_body} & REQUEST_FIELDS)
+        if clash:
+            raise InputError(f"--extra-body sets {clash[0]!r}, which curator sets itself: use its own option (--model, --temperature, --top-p, --max-new-tokens, --seed) instead")
         if not isinstance(self.model, str) or not self.model.strip():
             raise InputError("the openai backend needs --model: the model name the server serves (see its /v1/models)")
         if not is_int(self.concurrency) or self.concurrency < 1:
@@ -268,7 +275,7 @@ class RemoteBackend:
                         key = next(it, None)
                         if key is None:
                             break
-                        body = {"model": self.config.model, "messages": requests[key], "temperature": sampling["temperature"], "top_p": sampling["top_p"], "max_tokens": sampling["max_new_tokens"], "seed": request_seed(seed, key), "n": 1, "stream": False}
+                        body = {"model": self.config.model, "messages": requests[key], "temperature": sampling["temperature"], "top_p": sampling["top_p"], "max_tokens": sampling["max_new_tokens"], "seed": request_seed(seed, key), "n": 1, "stream": False, **dict(self.config.extra_body)}
                         pending[pool.submit(self._post, body, stats, stop)] = key
                     if not pending:
                         break
