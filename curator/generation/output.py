@@ -159,13 +159,19 @@ class Output:
         write_json_atomic(self.sidecar, self.record)
 
     def close(self) -> None:
-        """Make the rows durable, save the record (when ``begin`` ran), release the lock."""
+        """Make the rows durable, save the record (when ``begin`` ran), release the lock. A run that
+        leaves no row and no skipped pair removes both files: nothing was made, so nothing binds a
+        rerun to its settings (a wrong --model refused by the server can simply be fixed)."""
         try:
             if self._fh is not None:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
                 self._fh.close()
                 self._fh = None
-                self.save()
+                if self.path.stat().st_size == 0 and not self.record["skipped"]:
+                    self.path.unlink()
+                    self.sidecar.unlink(missing_ok=True)
+                else:
+                    self.save()
         finally:
             self._lock.release()
