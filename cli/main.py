@@ -288,19 +288,22 @@ def rank(scores: Path, out: Path, influence_file: Path | None, w_alignment: floa
 @click.option("--probes", type=int, default=None, help="Use only the first N probe questions per subject (default: all 3).")
 @click.option("--samples", "k", type=int, default=4, show_default=True, help="Outputs sampled from the target model per prompt (alignment).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest sampled output, in tokens.")
-@click.option("--no-align", is_flag=True, help="Skip the alignment signal (align + select + rank).")
+@click.option("--no-align", is_flag=True, help="Skip the alignment signal (align + select + rank, and the generate sample).")
+@click.option("--per-strategy", type=int, default=4, show_default=True, help="Prompts in the generate sample step: each of direct, cot, clarify, evaluate, reference and own-words on N prompts, then align + select on them (0 skips it).")
 @click.option("--argilla", "with_argilla", is_flag=True, help="Then serve a local Argilla (data in OUT/argilla-data) and push the ranked candidates for annotators.")
 @device_options
 @click.pass_context
-def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None, k: int, max_new_tokens: int, no_align: bool, with_argilla: bool, **kw: object) -> None:
+def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None, probes: int | None, k: int, max_new_tokens: int, no_align: bool, per_strategy: int, with_argilla: bool, **kw: object) -> None:
     """Run both signals on the bundled MMLU demo data, offline, and show them side by side.
 
-    Alignment: align + select. Influence: index + influence + study. Then a ranking per prompt.
+    Alignment: align + select. Generation: a small sample per strategy from the same model as
+    teacher and target, aligned and selected. Influence: index + influence + study. Then a
+    ranking per prompt.
     """
     from curator.demo import run_demo
     from curator.model.sampling import SamplingConfig
 
-    r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, align=not no_align, sampling=SamplingConfig(k=k, max_new_tokens=max_new_tokens), progress=progress(ctx), device=device_from(kw))
+    r = run_demo(out, model=model, dim=dim, tasks=tasks, probes=probes, align=not no_align, sampling=SamplingConfig(k=k, max_new_tokens=max_new_tokens), progress=progress(ctx), device=device_from(kw), per_strategy=per_strategy)
     click.echo(f"indexed {r.train.rows_total} candidates and {r.eval.rows_total} eval items; {r.train.truncated + r.eval.truncated} truncated")
     if r.side_by_side:
         click.echo(render_side_by_side(r.side_by_side))
@@ -308,6 +311,11 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
         click.echo(f"{r.aligned.empty_samples} empty sample(s) excluded from alignment; {len(r.aligned.groups_without_samples)} group(s) had none usable")
     if r.selection is not None:
         click.echo(f"alignment recommends: {r.summary['recommended']} (report: {r.selection_report['markdown']})")  # type: ignore[index]
+    if r.generated is not None:
+        g = r.generated
+        n = sum(c.written + c.present for c in g.strategies.values())
+        click.echo(f"generate sample: {n} candidates, {g.selected} prompts x {len(g.strategies)} strategies ({', '.join(g.strategies)}): {g.out}")
+        click.echo(f"alignment on the sample recommends: {r.sample_selection['recommended']} (report: {r.sample_report['markdown']})")  # type: ignore[index]
     click.echo(f"swift study against the '{r.summary['baseline']}' baseline:")
     for line in r.verdicts.values():
         click.echo(f"  {line}")

@@ -1,6 +1,9 @@
 """`curator demo`: both signals on the bundled data, side by side.
 
 Alignment: align → select (sample from the target model, score candidates, pick a strategy).
+Generation: a small sample of candidates per strategy from the same model as teacher and target
+(``curator generate --per-strategy``), aligned and selected the same way: the cheap first step of
+choosing a strategy before generating a full set.
 Influence: the warm-up-free pipeline index → influence → study. Then one ranking per prompt
 from both signals, as annotators would see it.
 
@@ -10,6 +13,7 @@ candidate per strategy (direct, cot, clarify, evaluate) and held-out eval questi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -65,6 +69,9 @@ class DemoResult:
     ranking: Path | None = None
     side_by_side: list[dict[str, Any]] = field(default_factory=list)
     aligned: AlignResult | None = None
+    generated: Any = None  # the GenerateResult of the sample step
+    sample_selection: dict[str, Any] | None = None
+    sample_report: dict[str, Path] | None = None
 
 
 def side_by_side(study: dict[str, Any], selection: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -84,14 +91,48 @@ def side_by_side(study: dict[str, Any], selection: dict[str, Any] | None) -> lis
     return rows
 
 
-def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, align: bool = True, sampling: SamplingConfig | None = None, progress: ProgressFn = no_progress, device: DeviceConfig | None = None) -> DemoResult:
+SAMPLE_STRATEGIES = ("direct", "cot", "clarify", "evaluate", "reference", "own-words")
+
+
+def generate_sample(loaded: Any, prompts: list[dict[str, Any]], out_dir: Path, per_strategy: int, sampling: SamplingConfig, max_length: int, progress: ProgressFn) -> tuple[Any, dict[str, Any], dict[str, Path]]:
+    """The sample step: ``per_strategy`` prompts × SAMPLE_STRATEGIES from ``loaded`` (teacher and
+    target), then align + select on them, reusing the main alignment's sample cache."""
+    from curator.generation.generate import GenerateConfig, GeneratorSpec, generate_file
+    from curator.generation.output import sidecar_path
+    from curator.io.atomic import write_text_atomic
+
+    prompts_path = out_dir / "sample" / "prompts.jsonl"
+    prompts_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(prompts_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prompts))
+    spec = GeneratorSpec(model=loaded.spec)
+    config = GenerateConfig(strategies=SAMPLE_STRATEGIES, teacher=spec, target=spec, per_strategy=per_strategy, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, seed=sampling.seed)
+    sample = out_dir / "sample" / "candidates.jsonl"
+    record = sidecar_path(sample)
+    if record.exists():  # a rerun with other settings starts the sample afresh, as the demo's alignment does
+        old = json.loads(record.read_text(encoding="utf-8"))
+        if old.get("settings") != config.settings() or any(g.get("model") != loaded.spec for g in old.get("generators", {}).values()):
+            sample.unlink(missing_ok=True)
+            record.unlink()
+    generated = generate_file(prompts_path, sample, config, progress, loaded=loaded)
+    cands = load_candidates(generated.out)
+    aligned = score_candidates(cands, loaded, AlignConfig(model=loaded.spec, sampling=sampling, max_length=max_length), samples_path(out_dir / "scores.parquet"), progress)
+    write_table(aligned.table, out_dir / "sample" / "scores.parquet")
+    selection = select_strategy(aligned.table)
+    return generated, selection, write_selection_report(selection, out_dir / "sample" / "selection")
+
+
+def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_length: int = 512, batch_size: int = 32, tasks: int | None = None, probes: int | None = None, align: bool = True, sampling: SamplingConfig | None = None, progress: ProgressFn = no_progress, device: DeviceConfig | None = None, per_strategy: int = 4) -> DemoResult:
     """Both signals on the bundled data into ``out``: align + select, index + influence + study, ranking.
 
-    Returns a ``DemoResult`` with the path of every artefact, the study's verdicts, the
-    selection, and one side-by-side row per strategy.
+    With ``align`` and ``per_strategy`` > 0, also the sample step of choosing a strategy:
+    ``per_strategy`` prompts generated with each of SAMPLE_STRATEGIES, aligned and selected
+    (``out/sample/``). Returns a ``DemoResult`` with the path of every artefact, the study's
+    verdicts, the selection, and one side-by-side row per strategy.
     """
     if tasks is not None and tasks < 1 or probes is not None and probes < 1:
         raise InputError("--tasks and --probes must be integers >= 1")
+    if per_strategy < 0:
+        raise InputError(f"--per-strategy {per_strategy} is invalid: use an integer >= 0 (0 skips the sample step)")
     out_dir = Path(out)
     data = demo_data_dir()
     cands, evals = subset(load_candidates(data / "candidates.jsonl"), load_eval(data / "eval.jsonl"), tasks, probes)
@@ -105,6 +146,11 @@ def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_
         scores_path = write_table(aligned.table, out_dir / "scores.parquet")
         selection = select_strategy(aligned.table)
         selection_paths = write_selection_report(selection, out_dir / "selection")
+    generated = sample_selection = sample_report = None
+    if align and per_strategy:
+        groups = {c.group for c in cands}
+        prompts = [p for p in read_prompt_rows(data / "prompts.jsonl") if p["id"] in groups]
+        generated, sample_selection, sample_report = generate_sample(loaded, prompts, out_dir, per_strategy, sampling or SamplingConfig(), max_length, progress)
     featurizer = Featurizer(config, loaded)
     train = index_rows(featurizer, cands, out_dir / "train_store", "candidates", progress=lambda s, d, t: progress("index candidates", d, t))
     ev = index_rows(featurizer, evals, out_dir / "eval_store", "eval", progress=lambda s, d, t: progress("index eval", d, t))
@@ -118,4 +164,9 @@ def run_demo(out: str | Path, model: str = "smollm2-135m", dim: int = 8192, max_
     if align:
         ranking_path = write_table(rank_candidates(read_table(scores_path), table), out_dir / "ranking.csv")  # type: ignore[arg-type]
     summary = {"baseline": result["baseline"], "n_candidates": len(cands), "n_eval": len(evals), "recommended": (selection or {}).get("recommended")}
-    return DemoResult(out_dir, train, ev, infl_path, topk_path, report, result["verdicts"], summary, scores_path, selection, selection_paths, ranking_path, side_by_side(result, selection), aligned)
+    return DemoResult(out_dir, train, ev, infl_path, topk_path, report, result["verdicts"], summary, scores_path, selection, selection_paths, ranking_path, side_by_side(result, selection), aligned, generated, sample_selection, sample_report)
+
+
+def read_prompt_rows(path: Path) -> list[dict[str, Any]]:
+    """The bundled prompt rows as they are (for the sample step's own prompts file)."""
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]

@@ -42,6 +42,27 @@ def test_demo_pipeline_on_smollm2(tmp_path):
     ranking = pd.read_csv(r.ranking)
     assert sorted(ranking.groupby("group")["rank"].max()) == [4, 4, 4, 4]
     assert [row["strategy"] for row in r.side_by_side] == ["direct", "clarify", "cot", "evaluate"]
+    # the generate sample step: 4 prompts x 6 strategies from SmolLM2 as teacher and target
+    g = r.generated
+    assert g is not None and g.selected == 4 and list(g.strategies) == ["direct", "cot", "clarify", "evaluate", "reference", "own-words"]
+    assert all(c.written + c.empty == 4 for c in g.strategies.values()) and g.strategies["reference"].written == 4
+    sample = load_candidates(g.out)
+    assert {c.group for c in sample} <= {c.group for c in load_candidates(demo_data_dir() / "candidates.jsonl")}
+    assert r.sample_selection is not None and r.sample_selection["recommended"] in g.strategies
+    assert r.sample_report["markdown"].exists()
+
+
+def test_generate_local_backend_on_smollm2(tmp_path):
+    """The local backend on the bundled model: real answers, each (prompt, strategy) once, a rerun adds nothing."""
+    from curator.generation.generate import GenerateConfig, generate_file
+
+    config = GenerateConfig(strategies=("cot", "own-words"), per_strategy=2, max_new_tokens=32, temperature=0.0)
+    r = generate_file(demo_data_dir() / "prompts.jsonl", tmp_path / "c.jsonl", config)
+    assert {k: c.written for k, c in r.strategies.items()} == {"cot": 2, "own-words": 2}
+    rows = load_candidates(tmp_path / "c.jsonl")
+    assert len({(c.group, c.strategy) for c in rows}) == 4
+    assert all(len(c.response.split()) >= 3 for c in rows)  # words, not an empty or one-token answer
+    assert generate_file(demo_data_dir() / "prompts.jsonl", tmp_path / "c.jsonl", config).written == 0
 
 
 def test_jl_fidelity_on_smollm2_demo_gradients():

@@ -165,11 +165,13 @@ def _make_backend(spec: GeneratorSpec, device: DeviceConfig | None, loaded_cache
     return LocalBackend(loaded_cache[spec.model], spec.batch_size)
 
 
-def generate_file(prompts: str | Path, out: str | Path, config: GenerateConfig, progress: ProgressFn = no_progress) -> GenerateResult:
+def generate_file(prompts: str | Path, out: str | Path, config: GenerateConfig, progress: ProgressFn = no_progress, loaded: Any = None) -> GenerateResult:
     """Generate each strategy's candidates for the prompts in ``prompts`` into ``out`` (JSONL).
 
     Returns per-strategy counts and the backends' request figures. Reruns continue: only missing
     (prompt, strategy) pairs are generated. Raises ``InputError`` (nothing written) on bad input.
+    ``loaded``: a ``LoadedModel`` already in memory, used by the local generators whose model
+    is its spec (the demo passes the model it aligns with).
     """
     start = time.perf_counter()
     out = Path(out)
@@ -244,7 +246,7 @@ def generate_file(prompts: str | Path, out: str | Path, config: GenerateConfig, 
 
     backends: dict[str, Any] = {}
     try:
-        loaded_cache: dict[str, Any] = {}
+        loaded_cache: dict[str, Any] = {loaded.spec: loaded} if loaded is not None else {}
         for role in ("teacher", "target"):  # reach every server and load every model before the first row
             if todo[role]:
                 backends[role] = _make_backend(specs[role], config.device, loaded_cache)
