@@ -30,13 +30,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_serve(folder: Path, log: Path, port: int | None = None, timeout: float = 180.0) -> tuple[subprocess.Popen[bytes], str]:
-    """``transformers serve`` on 127.0.0.1 with the model folder, offline; returns (process, API root)."""
+def start_serve(folder: Path, log: Path, port: int | None = None, timeout: float = 180.0, extra: list[str] | tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
+    """``transformers serve`` on 127.0.0.1 with the model folder, offline; returns (process, API root).
+    ``extra``: more options, e.g. ``--continuous-batching``."""
     port = port or free_port()
     exe = Path(sys.executable).parent / "transformers"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with log.open("ab") as fh:  # a file, not a pipe: a full pipe would block the server
-        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), str(folder)], stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), *extra, str(folder)], stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -383,3 +383,33 @@ def test_urls_and_retry_after_headers() -> None:
     assert retry_after("100000") == 300.0  # capped
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
     RemoteBackend(RemoteConfig("http://h/v1", "m")).close()
+
+
+def test_docs_show_every_built_in_template_verbatim() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "generate.md").read_text(encoding="utf-8")
+    for s in BUILT_IN.values():
+        assert f"`{s.name}` ({s.model})" in doc, s.name
+        assert f"```jinja\n{s.user}\n```" in doc, s.name
+
+
+def test_generate_killed_with_sigkill_resumes_to_the_clean_rows(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = prompts_file(tmp_path, n=30)
+    base = [sys.executable, "-m", "curator.cli.main", "-q", "generate", str(p), "--strategies", "direct,cot", "--model", "tiny-random", "--max-new-tokens", "16", "--batch-size", "1"]
+    subprocess.run([*base, "--out", str(tmp_path / "clean.jsonl")], check=True, capture_output=True, timeout=300)
+    out = tmp_path / "out.jsonl"
+    child = subprocess.Popen([*base, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 5):
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    partial = out.read_text()
+    assert 5 <= partial.count("\n") < 60, "the kill came after the run had finished"
+    r = subprocess.run([*base, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert by_pair(out) == by_pair(tmp_path / "clean.jsonl")

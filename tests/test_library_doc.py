@@ -54,7 +54,7 @@ def test_page_has_the_pipeline_in_order() -> None:
     kinds = [k for k, _ in blocks()]
     assert set(kinds) == {"python", "python argilla"}
     code = "\n".join(c for _, c in blocks())
-    order = ["load_candidates", "score_candidates", "select_strategy", "index_rows", "influence_scores", "run_study", "rank_candidates", "push(", "pull(", "export(", "run_validate", "run_demo"]
+    order = ["load_candidates", "score_candidates", "select_strategy", "generate_file", "index_rows", "influence_scores", "run_study", "rank_candidates", "push(", "pull(", "export(", "run_validate", "run_demo"]
     positions = [code.index(v) for v in order]
     assert positions == sorted(positions)
     assert "curator.cli" not in code and "subprocess" not in code  # the page uses no CLI
@@ -65,7 +65,9 @@ def test_library_page_runs_on_the_tiny_model(tmp_path: Path) -> None:
         warnings.simplefilter("error", DeprecationWarning)
         ns = run_page({"python"}, tiny_settings(tmp_path))
     out = tmp_path / "out"
-    assert len(ns["ran"]) == 8
+    assert len(ns["ran"]) == 9
+    assert ns["gen"].selected == 2 and {k: c.written + c.empty for k, c in ns["gen"].strategies.items()} == {"direct": 2, "cot": 2, "own-words": 2}
+    assert len(ns["sample"].table) == sum(c.written for c in ns["gen"].strategies.values())
     assert (len(ns["cands"]), len(ns["evals"])) == (96, 16)
     assert len(ns["aligned"].table) == 96 and (out / "scores.parquet").is_file()
     assert ns["selection"]["recommended"] in STRATEGIES and (out / "selection" / "report.md").is_file()

@@ -45,7 +45,7 @@ class GeneratorSpec:
     backend: str = "local"
     model: str = "smollm2-135m"
     remote: RemoteConfig | None = None
-    batch_size: int = 8  # local: prompts per generation batch
+    batch_size: int = 32  # local: prompts per generation batch (one row each: 32 rows per decoding step, as align's 8 prompts x 4 samples)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

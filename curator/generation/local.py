@@ -32,7 +32,7 @@ class LocalBackend:
 
     backend = "local"
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 8) -> None:
+    def __init__(self, loaded: LoadedModel, batch_size: int = 32) -> None:
         self.loaded = loaded
         self.model = loaded.spec
         self.batch_size = batch_size
