@@ -26,7 +26,7 @@ class CuratorGroup(click.Group):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _close_bars(ctx)
-            click.echo("interrupted: rerun the same command to continue (index and align keep their finished batches)", err=True)
+            click.echo("interrupted: rerun the same command to continue (index, align and generate keep their finished work)", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise

@@ -413,3 +413,49 @@ def test_generate_killed_with_sigkill_resumes_to_the_clean_rows(tmp_path: Path) 
     r = subprocess.run([*base, "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert by_pair(out) == by_pair(tmp_path / "clean.jsonl")
+
+
+class _Stall(BaseHTTPRequestHandler):
+    """Answers /models, and never answers a chat request (``arrived`` is set when one comes)."""
+
+    arrived = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = b'{"object": "list", "data": []}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        import time
+
+        type(self).arrived.set()
+        time.sleep(600)
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
+def test_ctrl_c_abandons_the_requests_in_flight_instead_of_waiting_for_them(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stall)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = prompts_file(tmp_path)
+        out = tmp_path / "o.jsonl"
+        cmd = [sys.executable, "-m", "curator.cli.main", "-q", "generate", str(p), "--strategies", "direct", "--backend", "openai", "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--model", "m", "--timeout", "500", "--out", str(out)]
+        child = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        assert _Stall.arrived.wait(60)  # the requests are in flight, and will not be answered for 600 s
+        time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        err = child.communicate(timeout=120)[1]  # waiting for them would take --timeout (500 s)
+        assert child.returncode == 130 and "interrupted: rerun the same command" in err
+        assert not out.exists()  # nothing was made, so nothing is left
+    finally:
+        server.shutdown()

@@ -3,7 +3,8 @@
 vLLM, TGI, llama.cpp's server, Ollama and ``transformers serve`` all answer
 ``POST {base}/chat/completions``. This client:
 
-- keeps at most ``concurrency`` requests in flight (a thread per slot, one pooled HTTP client);
+- keeps at most ``concurrency`` requests in flight (a daemon thread per slot, one pooled HTTP
+  client), so an interrupted run stops at once rather than waiting for the requests in flight;
 - sets a connect timeout and a read timeout per request;
 - retries connection errors, timeouts, 408 and 5xx answers with exponential backoff and jitter,
   and a 429 after the delay its ``Retry-After`` header asks for (seconds or an HTTP date);
@@ -20,10 +21,10 @@ import email.utils
 import hashlib
 import logging
 import os
+import queue
 import random
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -266,43 +267,58 @@ class RemoteBackend:
         window = 2 * self.config.concurrency  # futures queued ahead: memory stays bounded
         error: BaseException | None = None
         done = 0
-        with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="curator-http") as pool:
-            pending: dict[Future[tuple[str, str | None]], str] = {}
-            it = iter(keys)
-            try:
-                while True:
-                    while error is None and len(pending) < window:
-                        key = next(it, None)
-                        if key is None:
-                            break
-                        body = {"model": self.config.model, "messages": requests[key], "temperature": sampling["temperature"], "top_p": sampling["top_p"], "max_tokens": sampling["max_new_tokens"], "seed": request_seed(seed, key), "n": 1, "stream": False, **dict(self.config.extra_body)}
-                        pending[pool.submit(self._post, body, stats, stop)] = key
-                    if not pending:
+        todo: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        answers: queue.Queue[tuple[str, tuple[str, str | None] | None, BaseException | None]] = queue.Queue()
+
+        def worker() -> None:
+            while (item := todo.get()) is not None:
+                key, body = item
+                try:
+                    answers.put((key, self._post(body, stats, stop), None))
+                except BaseException as exc:  # noqa: BLE001 (handed to the main thread)
+                    answers.put((key, None, exc))
+
+        # daemon threads: an interrupted run exits at once instead of waiting up to --timeout for
+        # the requests in flight (their rows were never written, so a rerun makes them)
+        workers = [threading.Thread(target=worker, name=f"curator-http-{i}", daemon=True) for i in range(self.config.concurrency)]
+        for t in workers:
+            t.start()
+        in_flight = 0
+        it = iter(keys)
+        try:
+            while True:
+                while error is None and in_flight < window:
+                    key = next(it, None)
+                    if key is None:
                         break
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        key = pending.pop(fut)
-                        try:
-                            text, finish = fut.result()
-                        except _Stopped:
-                            continue
-                        except _Refused as exc:
-                            error = error or InputError(f"{self.config.base_url}: the server refused a request for model {self.config.model!r} ({exc}): fix --model or the request settings, then rerun")
-                            stop.set()
-                            continue
-                        except BaseException as exc:  # noqa: BLE001 (re-raised below, after the in-flight requests)
-                            error = error or exc
-                            stop.set()
-                            continue
-                        stats.add(completed=1, truncated=int(finish == "length"))
-                        on_result(key, text, finish)
-                        done += 1
-                        progress(stage, done, total)
-            except BaseException:
-                stop.set()
-                for fut in pending:
-                    fut.cancel()
-                raise
+                    body = {"model": self.config.model, "messages": requests[key], "temperature": sampling["temperature"], "top_p": sampling["top_p"], "max_tokens": sampling["max_new_tokens"], "seed": request_seed(seed, key), "n": 1, "stream": False, **dict(self.config.extra_body)}
+                    todo.put((key, body))
+                    in_flight += 1
+                if not in_flight:
+                    break
+                key, answer, exc = answers.get()
+                in_flight -= 1
+                if isinstance(exc, _Stopped):
+                    continue
+                if isinstance(exc, _Refused):
+                    error = error or InputError(f"{self.config.base_url}: the server refused a request for model {self.config.model!r} ({exc}): fix --model or the request settings, then rerun")
+                    stop.set()
+                    continue
+                if exc is not None:
+                    error = error or exc
+                    stop.set()
+                    continue
+                text, finish = answer  # type: ignore[misc]
+                stats.add(completed=1, truncated=int(finish == "length"))
+                on_result(key, text, finish)
+                done += 1
+                progress(stage, done, total)
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for _ in workers:
+                todo.put(None)
         stats.seconds = time.perf_counter() - start
         if error is not None:
             raise error
