@@ -459,3 +459,10 @@ def test_ctrl_c_abandons_the_requests_in_flight_instead_of_waiting_for_them(tmp_
         assert not out.exists()  # nothing was made, so nothing is left
     finally:
         server.shutdown()
+
+
+def test_generate_under_torchrun_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="runs in one process, not split across torchrun ranks"):
+        generate_file(prompts_file(tmp_path), tmp_path / "o.jsonl", config("direct"))
+    assert not (tmp_path / "o.jsonl").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,8 +155,7 @@ def _verify(response: str, reference: str | None) -> str:
 
 
 def _make_backend(spec: GeneratorSpec, device: DeviceConfig | None, loaded_cache: dict[str, Any]) -> Any:
-    if spec.backend == "openai":
-        assert spec.remote is not None
+    if spec.remote is not None:  # the openai backend (GeneratorSpec refuses openai without one)
         return RemoteBackend(spec.remote)
     from curator.generation.local import LocalBackend
     from curator.model.models import load_model
@@ -174,6 +174,8 @@ def generate_file(prompts: str | Path, out: str | Path, config: GenerateConfig, 
     is its spec (the demo passes the model it aligns with).
     """
     start = time.perf_counter()
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        raise InputError("curator generate runs in one process, not split across torchrun ranks: run it without torchrun; for throughput, raise --concurrency against a server that batches requests (vLLM, TGI), or --batch-size on the local backend")
     out = Path(out)
     rows = load_prompts(prompts)
     strategies = resolve(config.strategies)
