@@ -356,14 +356,26 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_api_key_is_sent_as_a_bearer_token_and_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+class _EchoChat(_Echo):
+    """Lists models freely; refuses chat requests with 401, echoing the Authorization header."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = b'{"object": "list", "data": []}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("handler", [_Echo, _EchoChat], ids=["models-refused", "chat-refused"])
+def test_the_api_key_is_sent_as_a_bearer_token_and_never_printed(tmp_path: Path, handler: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         p = prompts_file(tmp_path)
         secret = "sk-test-" + "7" * 24
         url = f"http://127.0.0.1:{server.server_port}/v1"
-        r = invoke(["generate", str(p), "--strategies", "direct", "--backend", "openai", "--base-url", url, "--model", "m", "--api-key-env", "MY_KEY", "--out", str(tmp_path / "o.jsonl")], env={"MY_KEY": secret})
+        r = invoke(["-q", "generate", str(p), "--strategies", "direct", "--backend", "openai", "--base-url", url, "--model", "m", "--api-key-env", "MY_KEY", "--out", str(tmp_path / "o.jsonl")], env={"MY_KEY": secret})
         line = assert_one_error_line(r, "refused the API key (HTTP 401", "bad key Bearer ***", "$MY_KEY")
         assert secret not in r.output and secret not in line
         assert not any(secret in f.read_text(errors="replace") for f in tmp_path.rglob("*") if f.is_file())

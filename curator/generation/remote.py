@@ -301,7 +301,11 @@ class RemoteBackend:
                 if isinstance(exc, _Stopped):
                     continue
                 if isinstance(exc, _Refused):
-                    error = error or InputError(f"{self.config.base_url}: the server refused a request for model {self.config.model!r} ({exc}): fix --model or the request settings, then rerun")
+                    if str(exc).startswith(("HTTP 401", "HTTP 403")):
+                        refused = InputError(f"{self.config.base_url}: the server refused the API key ({exc}): set ${self.config.api_key_env} to a valid key, or name another variable with --api-key-env")
+                    else:
+                        refused = InputError(f"{self.config.base_url}: the server refused a request for model {self.config.model!r} ({exc}): fix --model or the request settings, then rerun")
+                    error = error or refused
                     stop.set()
                     continue
                 if exc is not None:
