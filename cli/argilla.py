@@ -101,12 +101,17 @@ def serve(data_dir: Path, port: int | None, stop_: bool, status_: bool) -> None:
 @click.option("--w-influence", type=float, default=1.0, show_default=True, help="Weight of influence in the suggested ranking.")
 @click.option("--vector-dim", type=int, default=256, show_default=True, help="Record vector size (a seeded projection of the gradient direction).")
 @click.option("--batch-size", type=int, default=50, show_default=True, help="Records per request.")
-@click.option("--annotators", type=int, default=None, help="Submitted rankings each record needs before it leaves the queues (Argilla's task distribution; new datasets default to 1).")
+@click.option("--annotators", type=int, default=None, help="Submitted responses each record needs before it leaves the queues (Argilla's task distribution; new datasets default to 1).")
+@click.option("--questions", type=click.Choice(["auto", "ranking", "rating", "both"]), default="auto", show_default=True, help="auto: a ranking for prompts with 2-50 candidates, a 1-5 rating and keep/drop per candidate for prompts with one.")
+@click.option("--keep-threshold", type=float, default=0.0, show_default=True, help="The combined score (z-scores) at or above which the keep/drop suggestion is keep.")
 @with_api
 @with_retries
 @click.pass_context
-def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, annotators: int | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
-    """Push CANDIDATES to Argilla: one record per prompt, ranked by curator's scores. Re-pushing updates in place."""
+def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, annotators: int | None, questions: str, keep_threshold: float, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
+    """Push CANDIDATES to Argilla: one record per prompt, with curator's scores as suggestions. Re-pushing updates in place.
+
+    Prompts with 2 to 50 candidates get a ranking question; prompts with one get a 1-5 rating and a
+    keep/drop label (--questions overrides the choice)."""
     import pandas as pd
 
     from curator.io.data import load_candidates
@@ -124,8 +129,8 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
         ranking = rank_candidates(base, read_table(influence_file) if influence_file is not None else None, weights)
     gstore = GradientStore.open(store) if store is not None else None
     client = client_from(api_url, api_key, data_dir)
-    r = run_push(cands, ranking, dataset, workspace=workspace, store=gstore, client=client, batch_size=batch_size, progress=progress(ctx), vector_dim=vector_dim, weights=weights, annotators=annotators, retry=retry_policy(retries, retry_delay))
-    click.echo(f"pushed {r.total} records to {r.workspace}/{r.dataset} ({r.created} new, {r.updated} updated){' — dataset created' if r.dataset_created else ''}")
+    r = run_push(cands, ranking, dataset, workspace=workspace, store=gstore, client=client, batch_size=batch_size, progress=progress(ctx), vector_dim=vector_dim, weights=weights, annotators=annotators, retry=retry_policy(retries, retry_delay), questions=questions, keep_threshold=keep_threshold)
+    click.echo(f"pushed {r.total} records to {r.workspace}/{r.dataset} ({r.created} new, {r.updated} updated){' — dataset created' if r.dataset_created else ''}; questions: {r.questions}")
     click.echo(f"annotate at {r.url}")
 
 
@@ -176,17 +181,25 @@ def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url
 
 @click.command("export")
 @click.argument("pulled", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["sft", "dpo"]), required=True, help="SFT rows (the top choice) or DPO pairs.")
+@click.option("--format", "fmt", type=click.Choice(["sft", "dpo", "kto"]), required=True, help="SFT rows, DPO pairs, or KTO rows (prompt, completion, label).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help=".jsonl, .parquet, or a folder (datasets.save_to_disk).")
 @click.option("--min-annotators", type=int, default=1, show_default=True, help="Drop records with fewer annotators.")
 @click.option("--min-agreement", type=float, default=None, help="Drop records whose Kendall's W is lower (or unknown).")
 @click.option("--strategy", "strategies", multiple=True, help="Keep only these strategies' candidates (repeatable).")
-@click.option("--pairs", type=click.Choice(["top-vs-each", "top-vs-bottom"]), default="top-vs-each", show_default=True, help="DPO pairs: the top item against each lower one, or top vs bottom.")
-def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], pairs: str) -> None:
-    """Export a pulled file as a curated SFT or DPO training set, with a provenance card."""
+@click.option("--order", type=click.Choice(["auto", "ranking", "rating"]), default="auto", show_default=True, help="Order of a record's candidates for SFT top and DPO: the annotators' ranking, or their mean ratings; auto: the ranking where there is one.")
+@click.option("--sft-from", type=click.Choice(["top", "kept", "rated"]), default="top", show_default=True, help="SFT completions: the best candidate, every candidate labelled keep, or every one rated >= --min-rating.")
+@click.option("--pairs", type=click.Choice(["top-vs-each", "top-vs-bottom", "all-pairs"]), default="top-vs-each", show_default=True, help="DPO pairs: the best against each other candidate, against the last, or every ordered pair.")
+@click.option("--min-margin", type=float, default=0.0, show_default=True, help="DPO: keep a pair only when it is more than this apart (rank positions, or mean rating points).")
+@click.option("--kto-from", type=click.Choice(["auto", "labels", "ratings"]), default="auto", show_default=True, help="KTO labels: the majority keep/drop, or ratings (>= --min-rating desirable, <= --max-rating undesirable); auto: labels where there are any.")
+@click.option("--min-rating", type=float, default=4.0, show_default=True, help="A mean rating at or above this is good (SFT rated, KTO).")
+@click.option("--max-rating", type=float, default=2.0, show_default=True, help="A mean rating at or below this is bad (KTO).")
+@click.option("--conversational", is_flag=True, help="Message lists instead of strings (automatic when a prompt is a chat).")
+def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], order: str, sft_from: str, pairs: str, min_margin: float, kto_from: str, min_rating: float, max_rating: float, conversational: bool) -> None:
+    """Export a pulled file as a curated SFT, DPO or KTO training set (TRL formats), with a provenance card."""
     from curator.curation.export import export
 
-    r = export(pulled, fmt, out, min_annotators=min_annotators, min_agreement=min_agreement, strategies=list(strategies) or None, dpo_pairs=pairs)
+    r = export(pulled, fmt, out, min_annotators=min_annotators, min_agreement=min_agreement, strategies=list(strategies) or None, dpo_pairs=pairs,
+               order=order, sft_from=sft_from, min_margin=min_margin, kto_from=kto_from, min_rating=min_rating, max_rating=max_rating, conversational=conversational)
     dropped = ", ".join(f"{n} by {rule}" for rule, n in r.filtered.items() if n)
     click.echo(f"wrote {r.rows} {fmt.upper()} rows from {r.kept} of {r.records} records to {r.out}" + (f" (dropped {dropped})" if dropped else ""))
     click.echo(f"dataset card: {r.card}")

@@ -79,7 +79,7 @@ def test_dpo_pairs_exact(pulled: Path, tmp_path: Path) -> None:
     assert rows[0] == {
         "prompt": "What is 2 + 2?", "chosen": "2 + 2 = 4. The answer is 4.", "rejected": "4", "record_id": "r1", "group": "g-r1", **PROV,
         "n_annotators": 2, "agreement": 1.0, "chosen_id": "b", "rejected_id": "a", "chosen_strategy": "cot", "rejected_strategy": "direct",
-        "chosen_rank": 1, "rejected_rank": 2,
+        "chosen_rank": 1, "rejected_rank": 2, "margin": 1.0, "margin_kind": "rank",
     }
     assert res.filtered["tied"] == 1  # r6: its two candidates tie on Borda points: no preference
     bottom = read_jsonl(export(pulled, "dpo", tmp_path / "dpo2.jsonl", dpo_pairs="top-vs-bottom").out)
@@ -120,7 +120,7 @@ def test_three_formats_round_trip(pulled: Path, tmp_path: Path) -> None:
 def test_card_has_counts_and_provenance(pulled: Path, tmp_path: Path) -> None:
     res = export(pulled, "sft", tmp_path / "sft.jsonl", min_annotators=2)
     card = card_path(res.out).read_text()
-    for needle in ("records pulled: 5", "records kept: 2", "rows written: 2", "discarded by annotators: 1", "pending (no submitted ranking): 1",
+    for needle in ("records pulled: 5", "records kept: 2", "rows written: 2", "discarded by annotators: 1", "pending (no submitted answer): 1",
                    "min annotators (2): 1", "Argilla dataset: demo", "fp123", PULLED_AT, "- cot: 1", "- direct: 1", "alignment: mean 0.8",
                    "suggested top in 1 of 1", "prompt-completion"):
         assert needle in card, needle
@@ -153,9 +153,93 @@ def test_bad_input(pulled: Path, tmp_path: Path) -> None:
     rows[2]["format_version"] = 99
     with pytest.raises(InputError, match=r"line 3: pulled-file format version 99 is newer"):
         export(write(tmp_path / "bad3.jsonl", rows), "sft", tmp_path / "o.jsonl")
-    with pytest.raises(InputError, match="format 'kto' is unknown"):
+    with pytest.raises(InputError, match="format 'orpo' is unknown"):
+        export(pulled, "orpo", tmp_path / "o.jsonl")
+    with pytest.raises(InputError, match=r"all filtered \(discarded 1, pending 1, no_answers 3\)"):  # rankings only: nothing for KTO
         export(pulled, "kto", tmp_path / "o.jsonl")
     with pytest.raises(InputError, match="unsupported output type"):
         export(pulled, "sft", tmp_path / "o.csv")
     with pytest.raises(InputError, match="no such file"):
         export(tmp_path / "missing.jsonl", "sft", tmp_path / "o.jsonl")
+
+
+# --------------------------------------------------------------------------- ratings, labels, all pairs, KTO
+
+
+def rated_rows() -> list[dict]:
+    """Records as pull writes them for --questions rating (one candidate) and both (three)."""
+    single = [cand("s1", "direct", "Paris.", 1)]
+    three = [cand("a", "direct", "4", 1), cand("b", "cot", "2 + 2 = 4. The answer is 4.", 2), cand("c", "clarify", "It is 4.", 3)]
+    return [
+        row("k1", "Capital of France?", single, "submitted", [], n=2, questions="rating",
+            candidate_ratings=[{"candidate_id": "s1", "mean": 4.5, "median": 4.5, "n": 2}], candidate_labels=[{"candidate_id": "s1", "label": "keep", "share": 1.0, "n": 2}]),
+        row("k2", "Capital of Spain?", [cand("s2", "direct", "Rome.", 1)], "submitted", [], n=2, questions="rating",
+            candidate_ratings=[{"candidate_id": "s2", "mean": 1.5, "median": 1.5, "n": 2}], candidate_labels=[{"candidate_id": "s2", "label": "drop", "share": 1.0, "n": 2}]),
+        row("k3", "Capital of Italy?", [cand("s3", "cot", "Rome, as it is the capital.", 1)], "submitted", [], n=2, questions="rating",
+            candidate_ratings=[{"candidate_id": "s3", "mean": 3.0, "median": 3.0, "n": 2}], candidate_labels=[{"candidate_id": "s3", "label": None, "share": 0.5, "n": 2}]),
+        row("b1", "What is 2 + 2?", three, "submitted", ["b", "c", "a"], {"b": 4.0, "c": 2.0, "a": 0.0}, n=2, agreement=1.0, questions="both",
+            candidate_ratings=[{"candidate_id": "a", "mean": 2.0, "median": 2.0, "n": 2}, {"candidate_id": "b", "mean": 5.0, "median": 5.0, "n": 2}, {"candidate_id": "c", "mean": 4.5, "median": 4.5, "n": 2}],
+            candidate_labels=[{"candidate_id": "a", "label": "drop", "share": 1.0, "n": 2}, {"candidate_id": "b", "label": "keep", "share": 1.0, "n": 2}, {"candidate_id": "c", "label": "keep", "share": 1.0, "n": 2}]),
+    ]
+
+
+@pytest.fixture
+def rated(tmp_path: Path) -> Path:
+    return write(tmp_path / "rated.jsonl", rated_rows())
+
+
+def test_sft_from_kept_and_rated_candidates(rated: Path, tmp_path: Path) -> None:
+    kept = read_jsonl(export(rated, "sft", tmp_path / "kept.jsonl", sft_from="kept").out)
+    assert [(r["record_id"], r["candidate_id"], r["label"]) for r in kept] == [("k1", "s1", "keep"), ("b1", "b", "keep"), ("b1", "c", "keep")]
+    assert kept[0] == {"prompt": "Capital of France?", "completion": "Paris.", "record_id": "k1", "group": "g-k1", **PROV, "n_annotators": 2, "agreement": None, "candidate_id": "s1", "strategy": "direct", "rating": 4.5, "label": "keep"}
+    high = read_jsonl(export(rated, "sft", tmp_path / "rated4.jsonl", sft_from="rated").out)
+    assert [(r["record_id"], r["candidate_id"]) for r in high] == [("k1", "s1"), ("b1", "b"), ("b1", "c")]
+    five = read_jsonl(export(rated, "sft", tmp_path / "rated5.jsonl", sft_from="rated", min_rating=5).out)
+    assert [r["candidate_id"] for r in five] == ["b"]
+    top = read_jsonl(export(rated, "sft", tmp_path / "top.jsonl").out)  # one record per prompt: ranking order, else ratings
+    assert [(r["record_id"], r["candidate_id"]) for r in top] == [("k1", "s1"), ("k2", "s2"), ("k3", "s3"), ("b1", "b")]
+
+
+def test_dpo_all_pairs_with_rank_and_rating_margins(rated: Path, tmp_path: Path) -> None:
+    pairs = read_jsonl(export(rated, "dpo", tmp_path / "all.jsonl", dpo_pairs="all-pairs").out)
+    assert [(r["chosen_id"], r["rejected_id"], r["margin"], r["margin_kind"]) for r in pairs] == [("b", "c", 1.0, "rank"), ("b", "a", 2.0, "rank"), ("c", "a", 1.0, "rank")]
+    wide = read_jsonl(export(rated, "dpo", tmp_path / "wide.jsonl", dpo_pairs="all-pairs", min_margin=1).out)
+    assert [(r["chosen_id"], r["rejected_id"]) for r in wide] == [("b", "a")]
+    by_rating = read_jsonl(export(rated, "dpo", tmp_path / "rating.jsonl", dpo_pairs="all-pairs", order="rating", min_margin=1.0).out)
+    assert [(r["chosen_id"], r["rejected_id"], r["margin"], r["margin_kind"]) for r in by_rating] == [("b", "a", 3.0, "rating"), ("c", "a", 2.5, "rating")]
+    res = export(rated, "dpo", tmp_path / "tight.jsonl", dpo_pairs="all-pairs", order="rating", min_margin=2.9)
+    assert res.rows == 1 and res.filtered["tied"] == 0 and res.filtered["no_answers"] == 3  # one-candidate records have no pair at all
+
+
+def test_dpo_conversational_form(pulled: Path, tmp_path: Path) -> None:
+    rows = read_jsonl(export(pulled, "dpo", tmp_path / "c.jsonl", conversational=True).out)
+    assert rows[0]["prompt"] == [{"role": "user", "content": "What is 2 + 2?"}]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "2 + 2 = 4. The answer is 4."}] and rows[0]["rejected"] == [{"role": "assistant", "content": "4"}]
+    assert "conversational preference" in card_path(tmp_path / "c.jsonl").read_text()
+
+
+def test_kto_from_labels_and_from_ratings(rated: Path, tmp_path: Path) -> None:
+    res = export(rated, "kto", tmp_path / "kto.jsonl")
+    rows = read_jsonl(res.out)
+    assert [(r["candidate_id"], r["label"], r["kto_from"]) for r in rows] == [("s1", True, "labels"), ("s2", False, "labels"), ("a", False, "labels"), ("b", True, "labels"), ("c", True, "labels")]
+    assert rows[0] == {"prompt": "Capital of France?", "completion": "Paris.", "label": True, "record_id": "k1", "group": "g-k1", **PROV, "n_annotators": 2, "agreement": None, "candidate_id": "s1", "strategy": "direct", "rating": 4.5, "kto_from": "labels"}
+    by_rating = read_jsonl(export(rated, "kto", tmp_path / "kto2.jsonl", kto_from="ratings").out)
+    assert [(r["candidate_id"], r["label"]) for r in by_rating] == [("s1", True), ("s2", False), ("a", False), ("b", True), ("c", True)]  # s3 (3.0) is neither
+    card = card_path(tmp_path / "kto.jsonl").read_text()
+    assert "TRL unpaired preference" in card and "3 desirable, 2 undesirable" in card
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"dpo_pairs": "every"}, "--pairs"),
+        ({"order": "votes"}, "--order 'votes' is unknown"),
+        ({"sft_from": "best"}, "--sft-from 'best' is unknown"),
+        ({"min_margin": -1}, "--min-margin -1 is invalid"),
+        ({"min_rating": 2, "max_rating": 3}, "use 1 <= max-rating < min-rating <= 5"),
+    ],
+)
+def test_bad_export_options_are_refused(rated: Path, tmp_path: Path, options: dict, needle: str) -> None:
+    with pytest.raises(InputError, match=needle.replace("-", r"\-").replace("<", "<")):
+        export(rated, "dpo", tmp_path / "x.jsonl", **options)
+    assert not (tmp_path / "x.jsonl").exists()

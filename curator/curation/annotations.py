@@ -32,8 +32,12 @@ fewer than two annotators, fewer than two candidates, or when every annotator ti
     prompt         str, or a list of {role, content} chat messages
     candidates     [{slot, id, strategy, text}]          in slot order
     status         "submitted" | "discarded" | "pending" (pending: no submitted/discarded response)
-    annotations    [{user_id, username, ranking: [{candidate_id, slot, rank}], best_strategy, comment}]
+    questions      "ranking" | "rating" | "both"      (format 2; absent = ranking)
+    annotations    [{user_id, username, ranking: [{candidate_id, slot, rank}], best_strategy, comment,
+                     ratings: [{candidate_id, slot, rating}], labels: [{candidate_id, slot, label}]}]
                    submitted responses only, one per annotator, ranking best first (ties = same rank)
+    candidate_ratings [{candidate_id, mean, median, n}]    (format 2) 1-5 ratings aggregated
+    candidate_labels  [{candidate_id, label, share, n}]    (format 2) majority keep/drop; None on a tie
     ranking        [candidate id]  aggregated, best first ([] unless submitted)
     ranking_scores [{candidate_id, borda, mean_rank}]
     method         "borda" | "mean_rank"
@@ -57,7 +61,9 @@ from curator.errors import InputError
 
 METHODS = ("borda", "mean_rank")
 STATUSES = ("submitted", "discarded", "pending")
-PULLED_FORMAT = 1
+PULLED_FORMAT = 2  # 2 added ratings and keep/drop labels (format 1 files still read)
+RATING_RANGE = (1, 5)
+LABELS = ("keep", "drop")
 PULLED_FIELDS = ("record_id", "prompt", "candidates", "status", "ranking", "n_annotators")
 CANDIDATE_FIELDS = ("id", "strategy", "text")
 
@@ -156,7 +162,9 @@ def _aggregate_one(rec: Mapping[str, Any], method: str, where: str) -> dict[str,
         u: [{"candidate_id": slot_map[s], "slot": s, "rank": k + 1} for k, g in enumerate(groups) for s in g]
         for u, groups in per_user.items()
     }
-    out["n_annotators"] = len(per_user)
+    judged = _judgements(rec, slot_map, where)
+    out.update(judged)
+    out["n_annotators"] = len(set(per_user) | set(judged["annotator_ratings"]) | set(judged["annotator_labels"]))
     if status != "submitted" or not per_user:
         out.update(ranking=[], ranking_scores=[], agreement=None, method=method)
         return out
@@ -187,15 +195,56 @@ def _aggregate_one(rec: Mapping[str, Any], method: str, where: str) -> dict[str,
     return out
 
 
+def _judgements(rec: Mapping[str, Any], slot_map: Mapping[str, str], where: str) -> dict[str, Any]:
+    """Ratings (1-5) and keep/drop labels per annotator and per candidate, aggregated: the mean
+    and median rating, and the majority label with its share (None on a tie for first)."""
+    ratings: dict[str, dict[str, int]] = {}
+    labels: dict[str, dict[str, str]] = {}
+    for u, given in (rec.get("ratings") or {}).items():
+        for s, v in (given or {}).items():
+            if s not in slot_map or v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not RATING_RANGE[0] <= v <= RATING_RANGE[1]:
+                raise InputError(f"{where}: annotator {u} rated slot {s} {v!r}: a rating is an integer from {RATING_RANGE[0]} to {RATING_RANGE[1]}")
+            ratings.setdefault(str(u), {})[str(s)] = int(v)
+    for u, given in (rec.get("labels") or {}).items():
+        for s, v in (given or {}).items():
+            if s not in slot_map or v is None:
+                continue
+            if v not in LABELS:
+                raise InputError(f"{where}: annotator {u} labelled slot {s} {v!r}: use one of {', '.join(LABELS)}")
+            labels.setdefault(str(u), {})[str(s)] = str(v)
+    cand_ratings, cand_labels = [], []
+    for s, cid in slot_map.items():
+        rs = sorted(r[s] for r in ratings.values() if s in r)
+        if rs:
+            mid = len(rs) // 2
+            median = float(rs[mid]) if len(rs) % 2 else (rs[mid - 1] + rs[mid]) / 2
+            cand_ratings.append({"candidate_id": cid, "mean": sum(rs) / len(rs), "median": median, "n": len(rs)})
+        ls = Counter(lab[s] for lab in labels.values() if s in lab)
+        if ls:
+            (top, k), *rest = ls.most_common()
+            cand_labels.append({"candidate_id": cid, "label": None if rest and rest[0][1] == k else top, "share": k / sum(ls.values()), "n": sum(ls.values())})
+    return {
+        "annotator_ratings": {u: [{"candidate_id": slot_map[s], "slot": s, "rating": v} for s, v in r.items()] for u, r in ratings.items()},
+        "annotator_labels": {u: [{"candidate_id": slot_map[s], "slot": s, "label": v} for s, v in r.items()] for u, r in labels.items()},
+        "candidate_ratings": cand_ratings,
+        "candidate_labels": cand_labels,
+    }
+
+
 def aggregate(records: Iterable[Mapping[str, Any]], method: str = "borda") -> list[dict[str, Any]]:
     """Aggregate each record's submitted rankings (see the module docstring).
 
     Input per record: ``slots`` (slot → candidate id, slot order = display order; only slots with
-    a candidate), ``rankings`` (annotator id → ranking of slots), optional ``best_strategy``
-    (annotator id → strategy label) and ``status``. Output: the same dict plus ``ranking``
-    (candidate ids, best first), ``ranking_scores``, ``agreement``, ``n_annotators``,
-    ``annotator_rankings`` (candidate ids with ranks, per annotator), ``best_strategy_votes`` and
-    ``method``. Every input record comes back, whatever its status.
+    a candidate), ``rankings`` (annotator id → ranking of slots), optional ``ratings`` and
+    ``labels`` (annotator id → {slot: 1-5} / {slot: keep|drop}), ``best_strategy`` (annotator id →
+    strategy label) and ``status``. Output: the same dict plus ``ranking`` (candidate ids, best
+    first), ``ranking_scores``, ``agreement``, ``n_annotators`` (annotators who answered anything),
+    ``annotator_rankings`` / ``annotator_ratings`` / ``annotator_labels`` (per annotator, by
+    candidate id), ``candidate_ratings`` (mean, median, n), ``candidate_labels`` (majority label,
+    its share, n), ``best_strategy_votes`` and ``method``. Every input record comes back, whatever
+    its status.
     """
     if method not in METHODS:
         raise InputError(f"aggregation method {method!r} is unknown: use one of {', '.join(METHODS)}")

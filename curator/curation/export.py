@@ -1,24 +1,14 @@
-"""`curator export`: annotators' rankings (a file from `curator argilla pull`) → SFT rows or DPO pairs.
+"""`curator export`: annotators' answers (a file from `curator argilla pull`) → SFT, DPO or KTO rows.
 
-Output schema (TRL formats; every row also carries provenance columns)::
-
-    SFT, text prompts   prompt, completion
-    SFT, chat prompts   messages = the prompt's messages + {"role": "assistant", "content": top}
-    DPO, text prompts   prompt, chosen, rejected                       (strings)
-    DPO, chat prompts   prompt = messages; chosen, rejected = [{"role": "assistant", "content": ...}]
-
-    provenance (SFT)    record_id, group, task, candidate_id, strategy, n_annotators, agreement, dataset
-    provenance (DPO)    record_id, group, task, chosen_id, rejected_id, chosen_strategy,
-                        rejected_strategy, chosen_rank, rejected_rank, n_annotators, agreement, dataset
-
-If any kept prompt is a chat, every row uses the chat form (a text prompt becomes one user
-message), so a column never mixes types. SFT takes the aggregated top candidate; DPO pairs the top
-with each lower candidate (``top-vs-each``) or with the last one (``top-vs-bottom``), skipping a
-pair whose aggregated scores tie (no preference). Filters, applied in this order, each record
-counted under the first rule that drops it: not submitted (``discarded``/``pending``), fewer than
-``min_annotators``, agreement below ``min_agreement`` (a record with no agreement value, i.e. one
-annotator, is dropped when a minimum is set), then ``strategies``: candidates of other strategies
-are removed from the ranking, and a record left with too few candidates is dropped.
+The rows of each format are built in ``curator.curation.formats`` (TRL's dataset formats, with
+provenance columns on every row). Filters, applied in this order, each record counted under the
+first rule that drops it: not submitted (``discarded``/``pending``: no submitted answer the format
+can use), fewer than ``min_annotators``, agreement below ``min_agreement`` (Kendall's W; a record
+with no agreement value, i.e. one annotator, is dropped when a minimum is set), then
+``strategies``: candidates of other strategies are left out, and a record left with too few
+candidates is dropped; ``tied``: a record whose every DPO pair fell at or below the margin;
+``no_answers``: a record without the answers the format uses (two ordered candidates for DPO, a
+majority keep/drop or a rating past the thresholds for KTO and kept/rated SFT).
 
 The output is JSONL or Parquet (by suffix) or, for any other path, a ``datasets.save_to_disk``
 folder, written atomically, with a dataset card: ``README.md`` inside the folder, or
@@ -38,16 +28,17 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from curator import __version__
+from curator.curation import formats as F
 from curator.curation.annotations import read_pulled, tally_strategies
 from curator.io.atomic import write_bytes_atomic, write_dir_atomic, write_text_atomic
 from curator.config import is_int
 from curator.errors import InputError
 
-FORMATS = ("sft", "dpo")
-DPO_PAIRS = ("top-vs-each", "top-vs-bottom")
+FORMATS = ("sft", "dpo", "kto")
+DPO_PAIRS = F.DPO_PAIRS
 FILE_SUFFIXES = (".jsonl", ".parquet")
 REFUSED_SUFFIXES = (".json", ".csv", ".txt", ".arrow", ".md", ".tsv")
-RULES = ("discarded", "pending", "min_annotators", "min_agreement", "strategies", "tied")
+RULES = ("discarded", "pending", "min_annotators", "min_agreement", "strategies", "tied", "no_answers")
 
 
 @dataclass(frozen=True)
@@ -59,12 +50,29 @@ class ExportConfig:
     min_agreement: float | None = None
     strategies: tuple[str, ...] | None = None
     dpo_pairs: str = "top-vs-each"
+    order: str = "auto"  # ranking or rating order of a record's candidates (SFT top, DPO)
+    sft_from: str = "top"
+    min_margin: float = 0.0
+    kto_from: str = "auto"
+    min_rating: float = 4.0
+    max_rating: float = 2.0
+    conversational: bool = False
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
             raise InputError(f"export format {self.fmt!r} is unknown: use one of {', '.join(FORMATS)} (--format)")
         if self.dpo_pairs not in DPO_PAIRS:
-            raise InputError(f"DPO pairing {self.dpo_pairs!r} is unknown: use one of {', '.join(DPO_PAIRS)}")
+            raise InputError(f"DPO pairing {self.dpo_pairs!r} is unknown: use one of {', '.join(DPO_PAIRS)} (--pairs)")
+        for name, value, choices, flag in (("order", self.order, F.ORDERS, "--order"), ("sft_from", self.sft_from, F.SFT_FROM, "--sft-from"), ("kto_from", self.kto_from, F.KTO_FROM, "--kto-from")):
+            if value not in choices:
+                raise InputError(f"{flag} {value!r} is unknown: use one of {', '.join(choices)}")
+        for name, value in (("--min-margin", self.min_margin), ("--min-rating", self.min_rating), ("--max-rating", self.max_rating)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} {value!r} is invalid: use a number")
+        if self.min_margin < 0:
+            raise InputError(f"--min-margin {self.min_margin} is invalid: use a number >= 0 (pairs must differ by more than it)")
+        if not 1 <= self.max_rating < self.min_rating <= 5:
+            raise InputError(f"--max-rating {self.max_rating} and --min-rating {self.min_rating} are invalid: use 1 <= max-rating < min-rating <= 5 (ratings between them are neither good nor bad)")
         if not is_int(self.min_annotators) or self.min_annotators < 1:
             raise InputError(f"min_annotators={self.min_annotators!r} is invalid: use an integer >= 1 (--min-annotators)")
         if self.min_agreement is not None and not (isinstance(self.min_agreement, (int, float)) and 0.0 <= self.min_agreement <= 1.0):
@@ -90,118 +98,73 @@ class ExportResult:
 # --------------------------------------------------------------------------- rows
 
 
-def _assistant(text: str) -> dict[str, str]:
-    return {"role": "assistant", "content": text}
-
-
-def _as_messages(prompt: Any) -> list[dict[str, str]]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
-
-
-def _method_scores(row: dict[str, Any]) -> dict[str, float]:
-    """Each candidate's aggregate score under the pull's method, higher = better (for tie checks)."""
-    method = row.get("method") or "borda"
-    out: dict[str, float] = {}
-    for s in row.get("ranking_scores") or []:
-        v = s.get("borda") if method == "borda" else s.get("mean_rank")
-        if v is not None:
-            out[str(s["candidate_id"])] = float(v) if method == "borda" else -float(v)
-    return out
-
-
-def _filter(row: dict[str, Any], cfg: ExportConfig) -> tuple[str | None, list[str]]:
-    """(the rule that drops this record or None, its ranking restricted to the allowed strategies)."""
+def _filter(row: dict[str, Any], cfg: ExportConfig) -> tuple[str | None, set[str]]:
+    """(the rule that drops this record or None, the candidate ids of the allowed strategies)."""
     if row["status"] != "submitted":
-        return row["status"], []
-    if not row["ranking"]:
-        return "pending", []
+        return row["status"], set()
+    answered = bool(row["ranking"]) or bool(row.get("candidate_ratings")) or bool(row.get("candidate_labels"))
+    if not answered:
+        return "pending", set()
     if row["n_annotators"] < cfg.min_annotators:
-        return "min_annotators", []
+        return "min_annotators", set()
     agreement = row.get("agreement")
     if cfg.min_agreement is not None and (agreement is None or (isinstance(agreement, float) and math.isnan(agreement)) or agreement < cfg.min_agreement):
-        return "min_agreement", []
-    ranking = list(row["ranking"])
-    if cfg.strategies is not None:
-        strategy = {c["id"]: c["strategy"] for c in row["candidates"]}
-        ranking = [r for r in ranking if strategy[r] in cfg.strategies]
-    if len(ranking) < (1 if cfg.fmt == "sft" else 2):
-        return "strategies", []
-    return None, ranking
+        return "min_agreement", set()
+    allowed = {str(c["id"]) for c in row["candidates"] if cfg.strategies is None or c["strategy"] in cfg.strategies}
+    if not allowed:
+        return "strategies", set()
+    return None, allowed
 
 
-def _provenance(row: dict[str, Any]) -> dict[str, Any]:
-    agreement = row.get("agreement")
-    if isinstance(agreement, float) and math.isnan(agreement):
-        agreement = None
-    return {"record_id": str(row["record_id"]), "group": row.get("group"), "task": row.get("task"), "n_annotators": int(row["n_annotators"]), "agreement": agreement, "dataset": row.get("dataset")}
-
-
-def _sft_row(row: dict[str, Any], ranking: list[str], chat: bool) -> dict[str, Any]:
-    top = {c["id"]: c for c in row["candidates"]}[ranking[0]]
-    body: dict[str, Any] = {"messages": _as_messages(row["prompt"]) + [_assistant(top["text"])]} if chat else {"prompt": row["prompt"], "completion": top["text"]}
-    return {**body, **_provenance(row), "candidate_id": top["id"], "strategy": top["strategy"]}
-
-
-def _dpo_rows(row: dict[str, Any], ranking: list[str], chat: bool, pairs: str) -> tuple[list[dict[str, Any]], int]:
-    by_id = {c["id"]: c for c in row["candidates"]}
-    scores = _method_scores(row)
-    top = ranking[0]
-    lower = ranking[1:] if pairs == "top-vs-each" else ranking[-1:]
-    out, tied = [], 0
-    for rej in lower:
-        if top in scores and rej in scores and scores[top] == scores[rej]:
-            tied += 1
-            continue
-        c, r = by_id[top], by_id[rej]
-        if chat:
-            body: dict[str, Any] = {"prompt": _as_messages(row["prompt"]), "chosen": [_assistant(c["text"])], "rejected": [_assistant(r["text"])]}
-        else:
-            body = {"prompt": row["prompt"], "chosen": c["text"], "rejected": r["text"]}
-        out.append({
-            **body, **_provenance(row),
-            "chosen_id": c["id"], "rejected_id": r["id"], "chosen_strategy": c["strategy"], "rejected_strategy": r["strategy"],
-            "chosen_rank": 1, "rejected_rank": ranking.index(rej) + 1,
-        })
-    return out, tied
+def _rows_of(row: dict[str, Any], allowed: set[str], cfg: ExportConfig, chat: bool) -> tuple[list[dict[str, Any]], int, str | None]:
+    """(rows, DPO pairs skipped at the margin, the candidate exported as the record's top or None)."""
+    used, ids, scores = F.order_of(row, cfg.order, allowed)
+    if cfg.fmt == "sft":
+        rows = F.sft_rows(row, ids, cfg.sft_from, chat, cfg.min_rating, allowed)
+        return rows, 0, (ids[0] if ids and cfg.sft_from == "top" else None)
+    if cfg.fmt == "dpo":
+        rows, skipped = F.dpo_rows(row, ids, scores, used, chat, cfg.dpo_pairs, cfg.min_margin)
+        return rows, skipped, (ids[0] if rows else None)
+    return F.kto_rows(row, cfg.kto_from, chat, cfg.min_rating, cfg.max_rating, allowed), 0, None
 
 
 def build_rows(pulled: list[dict[str, Any]], cfg: ExportConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Exported rows and the counts for the card, from validated pulled rows."""
     filtered = {r: 0 for r in RULES}
-    kept: list[tuple[dict[str, Any], list[str]]] = []
+    kept: list[tuple[dict[str, Any], set[str]]] = []
     for row in pulled:
-        rule, ranking = _filter(row, cfg)
+        rule, allowed = _filter(row, cfg)
         if rule is None:
-            kept.append((row, ranking))
+            kept.append((row, allowed))
         else:
             filtered[rule] += 1
-    chat = any(isinstance(row["prompt"], list) for row, _ in kept)
+    chat = cfg.conversational or any(isinstance(row["prompt"], list) for row, _ in kept)
     out: list[dict[str, Any]] = []
-    tied_pairs = 0
+    skipped_pairs = 0
     kept_records: list[dict[str, Any]] = []
     top_ids: list[tuple[dict[str, Any], str]] = []
-    for row, ranking in kept:
-        if cfg.fmt == "sft":
-            out.append(_sft_row(row, ranking, chat))
-        else:
-            rows, tied = _dpo_rows(row, ranking, chat, cfg.dpo_pairs)
-            tied_pairs += tied
-            if not rows:
-                filtered["tied"] += 1
-                continue
-            out.extend(rows)
+    for row, allowed in kept:
+        rows, skipped, top = _rows_of(row, allowed, cfg, chat)
+        skipped_pairs += skipped
+        if not rows:
+            narrowed = len(allowed) < len(row["candidates"])
+            filtered["tied" if cfg.fmt == "dpo" and skipped else "strategies" if narrowed else "no_answers"] += 1
+            continue
+        out.extend(rows)
         kept_records.append(row)
-        top_ids.append((row, ranking[0]))
+        if top is not None:
+            top_ids.append((row, top))
+    strategy_of = {str(c["id"]): c["strategy"] for r in kept_records for c in r["candidates"]}
+    exported = [r.get("candidate_id") or r.get("chosen_id") for r in out] if cfg.fmt != "dpo" else [t for _, t in top_ids]
     stats = {
-        "records": len(pulled), "kept": len(kept_records), "rows": len(out), "filtered": filtered, "tied_pairs": tied_pairs, "chat": chat,
-        "top_strategies": dict(Counter({c["id"]: c["strategy"] for c in r["candidates"]}[t] for r, t in top_ids).most_common()),
+        "records": len(pulled), "kept": len(kept_records), "rows": len(out), "filtered": filtered, "tied_pairs": skipped_pairs, "chat": chat,
+        "top_strategies": dict(Counter(strategy_of[c] for c in exported if c in strategy_of).most_common()),
         "strategy_votes": tally_strategies(kept_records),
         "scores": _score_summary(top_ids),
         "agreement": _summary([r.get("agreement") for r in kept_records]),
         "suggestion_top_match": _suggestion_match(top_ids),
         "sources": _sources(pulled),
+        "labels": dict(Counter(bool(r["label"]) for r in out)) if cfg.fmt == "kto" else None,
     }
     return out, stats
 
@@ -320,14 +283,20 @@ def render_card(stats: dict[str, Any], cfg: ExportConfig, source: Path, out: Pat
         f"- records kept: {stats['kept']}",
         f"- rows written: {stats['rows']}",
         f"- filtered as discarded by annotators: {f['discarded']}",
-        f"- filtered as pending (no submitted ranking): {f['pending']}",
+        f"- filtered as pending (no submitted answer): {f['pending']}",
         f"- filtered by min annotators ({cfg.min_annotators}): {f['min_annotators']}",
         f"- filtered by min agreement ({'none' if cfg.min_agreement is None else cfg.min_agreement}): {f['min_agreement']}",
         f"- filtered by strategies ({'all' if cfg.strategies is None else ', '.join(cfg.strategies)}): {f['strategies']}",
     ]
+    lines.append(f"- filtered as lacking the answers this format uses (two ordered candidates, a keep/drop label, a rating past the thresholds): {f['no_answers']}")
     if cfg.fmt == "dpo":
-        lines += [f"- filtered as every pair tied: {f['tied']}", f"- tied pairs skipped: {stats['tied_pairs']}", f"- pairs: {cfg.dpo_pairs}"]
-    lines += ["", "## Strategies", "Strategy of the top-ranked (exported) candidate, per record:"]
+        lines += [f"- filtered as every pair at or below the margin ({cfg.min_margin:g}): {f['tied']}", f"- pairs skipped at the margin: {stats['tied_pairs']}", f"- pairs: {cfg.dpo_pairs}, by {cfg.order} order"]
+    if cfg.fmt == "sft":
+        lines.append(f"- completions: {cfg.sft_from}" + (f" (mean rating >= {cfg.min_rating:g})" if cfg.sft_from == "rated" else ""))
+    if cfg.fmt == "kto":
+        labels = stats["labels"] or {}
+        lines.append(f"- labels from {cfg.kto_from} (ratings: desirable >= {cfg.min_rating:g}, undesirable <= {cfg.max_rating:g}): {labels.get(True, 0)} desirable, {labels.get(False, 0)} undesirable")
+    lines += ["", "## Strategies", "Strategy of each exported candidate (the chosen one, for DPO):"]
     lines += [f"- {s}: {n}" for s, n in stats["top_strategies"].items()] or ["- none"]
     if stats["strategy_votes"]:
         lines += ["", "Annotators' best-strategy votes over the kept records:"]
@@ -343,18 +312,21 @@ def render_card(stats: dict[str, Any], cfg: ExportConfig, source: Path, out: Pat
     match = stats["suggestion_top_match"]
     if match:
         lines.append(f"- annotators' top choice equals curator's suggested top in {match['matched']} of {match['records']} records")
-    schema = _SCHEMA["sft_chat" if cfg.fmt == "sft" and stats["chat"] else "sft_text" if cfg.fmt == "sft" else "dpo_chat" if stats["chat"] else "dpo_text"]
+    schema = _SCHEMA[f"{cfg.fmt}_{'chat' if stats['chat'] else 'text'}"]
     lines += ["", "## Schema", schema, ""]
     return "\n".join(lines)
 
 
 _PROV_SFT = "provenance: record_id, group, task, candidate_id, strategy, n_annotators, agreement (Kendall's W), dataset"
-_PROV_DPO = "provenance: record_id, group, task, chosen_id, rejected_id, chosen_strategy, rejected_strategy, chosen_rank, rejected_rank, n_annotators, agreement, dataset"
+_PROV_DPO = "provenance: record_id, group, task, chosen_id, rejected_id, chosen_strategy, rejected_strategy, chosen_rank, rejected_rank, margin, margin_kind (rank or rating), n_annotators, agreement, dataset"
+_PROV_KTO = "provenance: record_id, group, task, candidate_id, strategy, rating (mean), kto_from, n_annotators, agreement, dataset"
 _SCHEMA = {
-    "sft_text": f"TRL prompt-completion: `prompt` (str), `completion` (str, the top-ranked candidate); {_PROV_SFT}.",
-    "sft_chat": f"TRL conversational: `messages` (the prompt's messages + the top-ranked candidate as the assistant turn); {_PROV_SFT}.",
+    "sft_text": f"TRL prompt-completion: `prompt` (str), `completion` (str); {_PROV_SFT}, and for kept/rated completions rating and label.",
+    "sft_chat": f"TRL conversational: `messages` (the prompt's messages + the candidate as the assistant turn); {_PROV_SFT}, and for kept/rated completions rating and label.",
     "dpo_text": f"TRL preference: `prompt`, `chosen`, `rejected` (str); {_PROV_DPO}.",
     "dpo_chat": f"TRL conversational preference: `prompt` (messages), `chosen`, `rejected` (one assistant message each); {_PROV_DPO}.",
+    "kto_text": f"TRL unpaired preference: `prompt` (str), `completion` (str), `label` (bool: desirable); {_PROV_KTO}.",
+    "kto_chat": f"TRL conversational unpaired preference: `prompt` (messages), `completion` (one assistant message), `label` (bool); {_PROV_KTO}.",
 }
 
 
@@ -370,12 +342,18 @@ def export(
     strategies: Iterable[str] | None = None,
     dpo_pairs: str = "top-vs-each",
     now: datetime | None = None,
+    **options: Any,
 ) -> ExportResult:
-    """Export a pulled file as SFT rows or DPO pairs to ``out``, with a dataset card.
+    """Export a pulled file as SFT, DPO or KTO rows to ``out``, with a dataset card.
 
-    Returns an ``ExportResult``: the output and card paths, rows written, records read and kept,
-    and counts of what was filtered and of each strategy kept."""
-    cfg = ExportConfig(fmt, min_annotators, min_agreement, None if strategies is None else tuple(strategies), dpo_pairs)
+    ``options`` are the other ``ExportConfig`` fields (``order``, ``sft_from``, ``min_margin``,
+    ``kto_from``, ``min_rating``, ``max_rating``, ``conversational``). Returns an ``ExportResult``:
+    the output and card paths, rows written, records read and kept, and counts of what was
+    filtered and of each strategy exported."""
+    unknown = sorted(set(options) - set(ExportConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"export() got an unexpected option {unknown[0]!r}")
+    cfg = ExportConfig(fmt, min_annotators, min_agreement, None if strategies is None else tuple(strategies), dpo_pairs, **options)
     out_p = Path(out)
     output_kind(out_p)
     pulled = [row for _, row in read_pulled(pulled_path)]

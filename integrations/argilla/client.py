@@ -155,14 +155,38 @@ def _auth_status(exc: BaseException | None) -> int | None:
     return None
 
 
+def server_detail(exc: BaseException | None) -> str | None:
+    """The server's own answer behind an SDK error ("HTTP 422: <its detail>"), found along the
+    exception's cause chain; None when no HTTP answer is there. The SDK's messages hide it: a
+    settings error reads only "Argilla SDK error: SettingsError: Failed to create property ..."."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, httpx.HTTPStatusError):
+            try:
+                body = exc.response.json()
+                detail = body.get("detail", body) if isinstance(body, dict) else body
+            except ValueError:
+                detail = exc.response.text
+            if isinstance(detail, dict):
+                detail = detail.get("message") or detail.get("error") or detail
+            if isinstance(detail, list):  # FastAPI validation errors: [{loc, msg, ...}]
+                detail = "; ".join(f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail)
+            return f"HTTP {exc.response.status_code}: {' '.join(str(detail).split())}"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def translate(exc: BaseException, client: Any, action: str) -> BaseException:
-    """A curator error for an SDK/HTTP failure (auth → ArgillaAuthError, network → ArgillaError)."""
+    """A curator error for an SDK/HTTP failure (auth → ArgillaAuthError, network → ArgillaError),
+    with the server's own detail when it answered (its 422 message, say)."""
     url, key = _api_url(client), _api_key(client)
     if _is_auth(exc):
         return auth_error(url, action, _auth_status(exc))
     if isinstance(exc, (httpx.TransportError, ConnectionError)):
         return unreachable(url, exc, action)
-    return ArgillaError(f"Argilla at {url} failed while {action}: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}")
+    detail = server_detail(exc)
+    said = f"; the server said {_scrub(detail, key)[:400]}" if detail and detail not in str(exc) else ""
+    return ArgillaError(f"Argilla at {url} failed while {action}: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}{said}")
 
 
 def with_retry(

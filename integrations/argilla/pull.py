@@ -1,7 +1,8 @@
-"""`curator argilla pull`: annotators' submitted rankings → one aggregated row per record.
+"""`curator argilla pull`: annotators' submitted answers → one aggregated row per record.
 
-Every record comes back: submitted ones with every annotator's ranking, the aggregated ranking
-(Borda or mean rank) and Kendall's W; discarded and pending ones with their status. The file's
+Every record comes back: submitted ones with every annotator's ranking, ratings and keep/drop
+labels, the aggregated ranking (Borda or mean rank) with Kendall's W, each candidate's mean and
+median rating and majority label; discarded and pending ones with their status. The file's
 schema is documented in ``curator.curation.annotations``.
 
 Records are read as the SDK's record *models* (``client.api.records.list``, paged), not as
@@ -32,7 +33,7 @@ from curator.config import ProgressFn, no_progress
 from curator.errors import InputError
 from curator.curation.export import write_rows
 from curator.integrations.argilla.client import ArgillaError, RetryPolicy, connect, not_a_member, with_retry
-from curator.integrations.argilla.mapping import BEST, COMMENT, PROMPT, RANKING, SLOT, SLOT_FLOATS, describe, n_slots_of, slot_candidates
+from curator.integrations.argilla.mapping import BEST, COMMENT, KEEP, PROMPT, RANKING, RATING, SLOT, SLOT_FLOATS, describe, n_slots_of, questions_of, slot_candidates
 from curator.integrations.argilla.push import find_dataset
 
 PULL_SUFFIXES = (".jsonl", ".parquet")
@@ -140,6 +141,11 @@ def record_metadata(model: Any) -> dict[str, Any]:
     return {m.name: m.value for m in meta}
 
 
+def _per_slot(values: dict[str, Any], prefix: str, slots: dict[str, str]) -> dict[str, Any]:
+    """slot → an annotator's answer to the per-slot questions ``<prefix><i>`` (rating_i, keep_i)."""
+    return {s: values[f"{prefix}{s[len(SLOT):]}"] for s in slots if values.get(f"{prefix}{s[len(SLOT):]}") is not None}
+
+
 def _record_input(model: Any, n_slots: int, questions: dict[str, str]) -> dict[str, Any] | None:
     """The aggregate() input for one record model, plus what the pulled row needs; None if not curator's."""
     meta = record_metadata(model)
@@ -165,6 +171,8 @@ def _record_input(model: Any, n_slots: int, questions: dict[str, str]) -> dict[s
         "rankings": {r["user_id"]: r["values"][RANKING] for r in submitted if r["values"].get(RANKING) is not None},
         "best_strategy": {r["user_id"]: r["values"].get(BEST) for r in submitted},
         "comments": {r["user_id"]: r["values"].get(COMMENT) for r in submitted},
+        "ratings": {r["user_id"]: _per_slot(r["values"], RATING, slots) for r in submitted},
+        "labels": {r["user_id"]: _per_slot(r["values"], KEEP, slots) for r in submitted},
         "prompt": fields.get(PROMPT),
         "candidates": candidates,
         "suggested_ranking": suggested,
@@ -174,7 +182,7 @@ def _record_input(model: Any, n_slots: int, questions: dict[str, str]) -> dict[s
 
 
 def _pulled_row(agg: dict[str, Any], names: dict[str, str], context: dict[str, Any]) -> dict[str, Any]:
-    users = list(agg["annotator_rankings"])
+    users = list(dict.fromkeys([*agg["annotator_rankings"], *agg["annotator_ratings"], *agg["annotator_labels"]]))
     return {
         "record_id": agg["id"],
         "group": agg["meta"].get("group"),
@@ -183,11 +191,15 @@ def _pulled_row(agg: dict[str, Any], names: dict[str, str], context: dict[str, A
         "candidates": agg["candidates"],
         "status": agg["status"],
         "annotations": [
-            {"user_id": u, "username": names.get(u), "ranking": agg["annotator_rankings"][u], "best_strategy": agg["best_strategy"].get(u), "comment": agg["comments"].get(u)}
+            {"user_id": u, "username": names.get(u), "ranking": agg["annotator_rankings"].get(u, []), "best_strategy": agg["best_strategy"].get(u), "comment": agg["comments"].get(u),
+             "ratings": agg["annotator_ratings"].get(u, []), "labels": agg["annotator_labels"].get(u, [])}
             for u in users
         ],
+        "questions": context["questions"],
         "ranking": agg["ranking"],
         "ranking_scores": agg["ranking_scores"],
+        "candidate_ratings": agg["candidate_ratings"],
+        "candidate_labels": agg["candidate_labels"],
         "method": agg["method"],
         "agreement": agg["agreement"],
         "n_annotators": agg["n_annotators"],
@@ -195,7 +207,7 @@ def _pulled_row(agg: dict[str, Any], names: dict[str, str], context: dict[str, A
         "suggested_ranking": agg["suggested_ranking"],
         "scores": agg["scores"],
         "model_fingerprint": agg["meta"].get("model_fingerprint"),
-        **context,
+        **{k: v for k, v in context.items() if k != "questions"},
     }
 
 
@@ -236,8 +248,9 @@ def pull(
         raise InputError(f"no dataset {dataset!r} in workspace {workspace!r} at {getattr(client, 'api_url', 'the server')}: check --dataset and --workspace")
     described = describe(ds.settings)
     n_slots = n_slots_of(described)
-    if RANKING not in described["questions"] or not n_slots:
-        raise InputError(f"dataset {dataset!r} was not made by `curator argilla push` (no '{RANKING}' question over candidate slots)")
+    mode = questions_of(described)
+    if mode is None or not n_slots:
+        raise InputError(f"dataset {dataset!r} was not made by `curator argilla push` (no '{RANKING}' or rating question over candidate slots)")
     progress("pull", 0, 1)
     started = now or datetime.now(timezone.utc)
     records, reads = read_consistent(client, ds, page_size, policy)
@@ -252,6 +265,7 @@ def pull(
         "pulled_at": started.isoformat(timespec="seconds"),
         "curator_version": __version__,
         "format_version": PULLED_FORMAT,
+        "questions": mode,
     }
     rows = [_pulled_row(a, names, context) for a in aggregated]
     write_rows(rows, out_p)

@@ -32,6 +32,7 @@ class PushResult:
     workspace: str
     dataset_created: bool
     url: str
+    questions: str = "ranking"
 
 
 def ensure_workspace(client: Any, name: str, policy: RetryPolicy | None = None) -> Any:
@@ -77,8 +78,9 @@ def api_model(plan: dict[str, Any], ds: Any) -> Any:
     record = to_record(plan)
     record.dataset = ds
     model = record.api_model()
+    ranking_id = _question_id(ds, RANKING)
     for s in model.suggestions or []:
-        if s.question_name == RANKING or (s.question_id is not None and str(s.question_id) == _question_id(ds, RANKING)):
+        if s.question_name == RANKING or (ranking_id is not None and s.question_id is not None and str(s.question_id) == ranking_id):
             s.value = [{"value": v["value"] if isinstance(v, dict) else v, "rank": k + 1} for k, v in enumerate(s.value or [])]
     return model
 
@@ -108,6 +110,8 @@ def push(
     attempts: int = 5,
     annotators: int | None = None,
     retry: RetryPolicy | None = None,
+    questions: str = "auto",
+    keep_threshold: float = 0.0,
 ) -> PushResult:
     """Push one record per prompt group of ``candidates`` to ``workspace``/``dataset``.
 
@@ -118,6 +122,7 @@ def push(
     it leaves the annotators' queues; Argilla's default is 1); None leaves an existing dataset's.
     ``retry`` is how failed requests are retried (default: ``attempts`` tries, 0.5 s doubling);
     when they run out, the ``ArgillaError`` says how many records were confirmed and to rerun.
+    ``questions`` (auto, ranking, rating, both) and ``keep_threshold``: see ``schema.spec_for``.
     """
     import argilla as rg
 
@@ -126,7 +131,7 @@ def push(
         raise InputError(f"--annotators {annotators} is invalid: use an integer >= 1")
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size} is invalid: use an integer >= 1 (--batch-size)")
-    spec = spec_for(candidates, vector_dim, store.dim if store is not None else None, weights)
+    spec = spec_for(candidates, vector_dim, store.dim if store is not None else None, weights, questions, keep_threshold)
     groups = group_candidates(candidates)
     vectors = group_vectors(groups, store, spec.vector_dim, seed) if store is not None and spec.vector_dim else None
     fingerprint = ((store.manifest.get("model") or {}).get("fingerprint") if store is not None else None)
@@ -170,4 +175,4 @@ def push(
         updated += len(batch) - new
         known.update(p["id"] for p in batch)
         progress("push", lo + len(batch), total)
-    return PushResult(created, updated, total, dataset, workspace, created_ds, url)
+    return PushResult(created, updated, total, dataset, workspace, created_ds, url, spec.questions)

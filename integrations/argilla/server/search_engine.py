@@ -7,9 +7,9 @@ request and the API process and the worker both write, so all state is in the SQ
 
 Each record is stored as a JSON document shaped like the Elasticsearch engine's document (built with
 its mapping helpers), and vectors as float64 blobs in their own table. Searches load a dataset's
-documents and evaluate filters, sorts and text queries in Python (``search_query.py``); similarity
-search is brute-force cosine in numpy. This is meant for a dev/demo server of up to tens of thousands
-of records, not for production scale.
+documents and evaluate filters and sorts (``search_query.py``) and ``simple_query_string`` text queries
+(``search_text.py``) in Python; similarity search is brute-force cosine in numpy. This is meant for a
+dev/demo server of up to tens of thousands of records, not for production scale.
 """
 
 from __future__ import annotations
@@ -284,9 +284,10 @@ class SQLiteSearchEngine(SearchEngine):
 
     # ------------------------------------------------------------------------------------ search
     def _candidates(self, dataset: Dataset, query: Optional[Union[TextQuery, str]], filter: Optional[Filter]) -> tuple:
+        """The documents passing the filter and the text query, and their scores (1.0 each without a query)."""
         docs = [doc for doc in self._docs(dataset.id) if sq.matches(doc, filter)]
-        if query is None:
-            return docs, None
+        if query is None:  # Elasticsearch's match_all
+            return docs, {doc["id"]: 1.0 for doc in docs}
         scores = sq.TextMatcher(query).score_all(docs)
         return [doc for doc in docs if doc["id"] in scores], scores
 
@@ -301,16 +302,17 @@ class SQLiteSearchEngine(SearchEngine):
         user_id: Optional[str] = None,
     ) -> SearchResponses:
         docs, scores = self._candidates(dataset, query, filter)
-        if user_id is not None:  # a different but stable order per annotator, as Elasticsearch's random_score
-            docs.sort(key=sq.user_shuffle_key(user_id))
+        if user_id is not None:  # Elasticsearch's function_score: the score times a per-user seeded random_score
+            rand = sq.user_random(user_id)
+            scores = {rid: score * rand(rid) for rid, score in scores.items()}
+        if not sort or user_id is not None:  # by score; under a sort, only an annotator's ties (a stable shuffle)
+            docs.sort(key=lambda doc: -scores[doc["id"]])
         if sort:
             docs = sq.sort_docs(docs, sort)
-        elif scores is not None:
-            docs.sort(key=lambda doc: -scores[doc["id"]])
         page = docs[offset : offset + limit]
+        # sorted by fields, Elasticsearch computes no score (no track_scores): the hits' _score is null
         items = [
-            SearchResponseItem(record_id=UUID(doc["id"]), score=None if scores is None or sort else scores[doc["id"]])
-            for doc in page
+            SearchResponseItem(record_id=UUID(doc["id"]), score=None if sort else scores[doc["id"]]) for doc in page
         ]
         return SearchResponses(items=items, total=len(docs))
 

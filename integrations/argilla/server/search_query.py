@@ -1,4 +1,4 @@
-"""Evaluate the server's search filters, sorts and text queries over stored record documents.
+"""Evaluate the server's search filters and sorts over stored record documents (text queries: ``search_text.py``).
 
 Runs inside the argilla-server virtualenv only (imported by ``search_engine.py``). Documents have the
 shape of the Elasticsearch engine's documents (``fields``, ``metadata``, ``suggestions``, ``responses``,
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
-import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 from argilla_server.enums import ResponseStatusFilter, SortOrder
@@ -26,7 +24,6 @@ from argilla_server.search_engine.base import (
     ResponseFilterScope,
     SuggestionFilterScope,
     TermsFilter,
-    TextQuery,
 )
 from argilla_server.search_engine.commons import (
     es_field_for_metadata_property,
@@ -34,9 +31,15 @@ from argilla_server.search_engine.commons import (
     es_field_for_suggestion_property,
 )
 
+try:  # a sibling module: a package import in tests, a top-level one under launcher.py
+    from .search_text import TextMatcher
+except ImportError:
+    from search_text import TextMatcher  # type: ignore[no-redef]
+
+__all__ = ["TextMatcher", "lookup", "matches", "scope_field", "sort_docs", "term_of", "user_random"]
+
 _MISSING = object()
 _PENDING = ResponseStatusFilter.pending.value
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def lookup(doc: Dict[str, Any], path: str) -> List[Any]:
@@ -172,77 +175,7 @@ def sort_docs(docs: List[Dict[str, Any]], orders: List[Order]) -> List[Dict[str,
     return [doc for doc, _ in sorted(keyed, key=functools.cmp_to_key(cmp))]
 
 
-def user_shuffle_key(user_id: Any) -> Callable[[Dict[str, Any]], str]:
-    """A per-user deterministic order, standing in for Elasticsearch's seeded ``random_score``."""
+def user_random(user_id: Any) -> Callable[[str], float]:
+    """A per-user deterministic number in [0, 1) per record, standing in for Elasticsearch's seeded ``random_score``."""
     seed = str(user_id).encode()
-    return lambda doc: hashlib.sha256(seed + b":" + doc["id"].encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------- text search
-def _text_of(node: Any) -> str:
-    if isinstance(node, dict):
-        return " ".join(_text_of(v) for v in node.values())
-    if isinstance(node, list):
-        return " ".join(_text_of(v) for v in node)
-    return "" if node is None else str(node)
-
-
-def doc_text(doc: Dict[str, Any], field: Optional[str]) -> str:
-    fields = doc.get("fields") or {}
-    return _text_of(fields.get(field) if field else fields).lower()
-
-
-class TextMatcher:
-    """A small subset of Elasticsearch's ``simple_query_string`` with AND as default operator.
-
-    Supported: words, ``"quoted phrases"``, ``-excluded`` words and ``prefix*`` words. Scores are BM25
-    without length normalisation (k1 = 1), with document frequencies over the candidate documents.
-    """
-
-    def __init__(self, query: Union[TextQuery, str]):
-        text = TextQuery(q=query) if isinstance(query, str) else query
-        self.field = text.field
-        self.phrases = [p.lower() for p in re.findall(r'"([^"]+)"', text.q)]
-        rest = re.sub(r'"[^"]*"', " ", text.q)
-        self.excluded, self.prefixes, self.words = [], [], []
-        for raw in rest.split():
-            neg = raw.startswith("-")
-            body = raw.lstrip("+-")
-            prefix = body.endswith("*")
-            tokens = _WORD.findall(body.lower())
-            if not tokens:
-                continue
-            if neg:
-                self.excluded.extend(tokens)
-            elif prefix:
-                self.words.extend(tokens[:-1])
-                self.prefixes.append(tokens[-1])
-            else:
-                self.words.extend(tokens)
-
-    def score_all(self, docs: List[Dict[str, Any]]) -> Dict[str, float]:
-        """Scores of the matching documents, by record id."""
-        texts = {doc["id"]: doc_text(doc, self.field) for doc in docs}
-        bags: Dict[str, Dict[str, int]] = {}
-        for rid, text in texts.items():
-            counts: Dict[str, int] = {}
-            for t in _WORD.findall(text):
-                counts[t] = counts.get(t, 0) + 1
-            bags[rid] = counts
-        terms = self.words + [w for p in self.phrases for w in _WORD.findall(p)]
-        df = {t: sum(1 for counts in bags.values() if t in counts) for t in set(terms)}
-        n, scores = len(docs), {}
-        for rid, counts in bags.items():
-            text = texts[rid]
-            if any(t in counts for t in self.excluded) or not all(p in text for p in self.phrases):
-                continue
-            if not all(w in counts for w in self.words):
-                continue
-            if not all(any(t.startswith(p) for t in counts) for p in self.prefixes):
-                continue
-            s = sum(
-                math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) * counts.get(t, 0) / (counts.get(t, 0) + 1.0)
-                for t in terms
-            )
-            scores[rid] = s + 0.1 * len(self.prefixes) + (0.0 if terms or self.prefixes else 1.0)
-        return scores
+    return lambda record_id: int(hashlib.sha256(seed + b":" + record_id.encode()).hexdigest()[:13], 16) / 16**13
