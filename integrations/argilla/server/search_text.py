@@ -306,7 +306,7 @@ class TextMatcher:
         prepared = {doc["id"]: _Doc(field_values(doc, self.field)) for doc in docs}
         self._df: Counter = Counter(t for d in prepared.values() for t in d.bag)
         self._n = len(docs)
-        self._near: Dict[Tuple[str, str], bool] = {}
+        self._near: Dict[Tuple[str, str, int], bool] = {}
         scores = {rid: self._score(self.tree, d) for rid, d in prepared.items()}
         return {rid: s for rid, s in scores.items() if s is not None}
 
@@ -338,7 +338,7 @@ class TextMatcher:
         return sum(hits) if hits else None
 
     def _is_near(self, text: str, word: str, edits: int) -> bool:
-        key = (text, word)
+        key = (text, word, edits)
         if key not in self._near:
             self._near[key] = edit_distance(text, word, edits) <= edits
         return self._near[key]
