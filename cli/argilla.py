@@ -143,7 +143,8 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
 @with_retries
 @click.pass_context
 def pull(ctx: click.Context, dataset: str, out: Path, method: str, page_size: int, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
-    """Pull submitted rankings (every annotator's), aggregated per record with an agreement measure.
+    """Pull submitted answers (every annotator's rankings, ratings and keep/drop labels), aggregated
+    per record, with an agreement and anchoring report beside the file (<name>.report.md).
 
     Safe while annotators are still working: every record comes back once, either with an
     annotator's complete response or counted as pending (no submitted response yet).
@@ -156,6 +157,17 @@ def pull(ctx: click.Context, dataset: str, out: Path, method: str, page_size: in
     click.echo(f"pulled {r.records} records into {r.out}: {r.submitted} submitted ({r.responses} responses), {r.discarded} discarded, {pending}")
     if r.strategy_votes:
         click.echo("best-strategy votes: " + ", ".join(f"{s} {n}" for s, n in sorted(r.strategy_votes.items(), key=lambda x: -x[1])))
+    a = r.agreement
+    if a and a["records"]:
+        def num(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.3f}"
+
+        alpha = ", ".join(f"{k} {num(v)}" for k, v in a["alpha"].items() if v is not None) or "n/a (fewer than two annotators per item)"
+        click.echo(f"agreement: Kendall's W mean {num(a['kendalls_w']['mean'])} over {a['kendalls_w']['n']} records; Krippendorff's alpha: {alpha}")
+        anc = a["anchoring"]
+        if anc and anc["overall"]["n"]:
+            click.echo(f"anchoring: {anc['overall']['verdict']}")
+        click.echo(f"report: {r.report}")
 
 
 @argilla_group.command()
@@ -194,12 +206,16 @@ def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url
 @click.option("--min-rating", type=float, default=4.0, show_default=True, help="A mean rating at or above this is good (SFT rated, KTO).")
 @click.option("--max-rating", type=float, default=2.0, show_default=True, help="A mean rating at or below this is bad (KTO).")
 @click.option("--conversational", is_flag=True, help="Message lists instead of strings (automatic when a prompt is a chat).")
-def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], order: str, sft_from: str, pairs: str, min_margin: float, kto_from: str, min_rating: float, max_rating: float, conversational: bool) -> None:
+@click.option("--min-annotator-agreement", type=float, default=None, help="Leave out annotators whose mean Kendall tau with the aggregated ranking is below this, and re-aggregate.")
+def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], order: str, sft_from: str, pairs: str, min_margin: float, kto_from: str, min_rating: float, max_rating: float, conversational: bool, min_annotator_agreement: float | None) -> None:
     """Export a pulled file as a curated SFT, DPO or KTO training set (TRL formats), with a provenance card."""
     from curator.curation.export import export
 
     r = export(pulled, fmt, out, min_annotators=min_annotators, min_agreement=min_agreement, strategies=list(strategies) or None, dpo_pairs=pairs,
-               order=order, sft_from=sft_from, min_margin=min_margin, kto_from=kto_from, min_rating=min_rating, max_rating=max_rating, conversational=conversational)
+               order=order, sft_from=sft_from, min_margin=min_margin, kto_from=kto_from, min_rating=min_rating, max_rating=max_rating, conversational=conversational,
+               min_annotator_agreement=min_annotator_agreement)
+    if r.left_out:
+        click.echo(f"left out {len(r.left_out)} annotator(s) below --min-annotator-agreement {min_annotator_agreement:g}: {', '.join(r.left_out)}")
     dropped = ", ".join(f"{n} by {rule}" for rule, n in r.filtered.items() if n)
     click.echo(f"wrote {r.rows} {fmt.upper()} rows from {r.kept} of {r.records} records to {r.out}" + (f" (dropped {dropped})" if dropped else ""))
     click.echo(f"dataset card: {r.card}")

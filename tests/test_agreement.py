@@ -109,18 +109,6 @@ def test_alpha_matches_pairwise_definition_on_random_data(level: str) -> None:
             assert got == pytest.approx(ref, abs=1e-12)
 
 
-def test_alpha_matches_krippendorff_package_if_installed() -> None:
-    krippendorff = pytest.importorskip("krippendorff")
-    np = pytest.importorskip("numpy")
-    rng = random.Random(3)
-    for _ in range(30):
-        matrix = [[rng.choice([1, 2, 3, 4, 5]) if rng.random() > 0.25 else None for _ in range(10)] for _ in range(4)]
-        data = [[np.nan if v is None else v for v in row] for row in matrix]
-        got = krippendorff_alpha(to_units(matrix), "ordinal")
-        if got is not None:
-            assert got == pytest.approx(krippendorff.alpha(data, level_of_measurement="ordinal"), abs=1e-9)
-
-
 def test_alpha_bad_input() -> None:
     with pytest.raises(InputError, match="use one of nominal, ordinal, interval"):
         krippendorff_alpha([{"u1": 1, "u2": 2}], "ratio")

@@ -57,6 +57,7 @@ class ExportConfig:
     min_rating: float = 4.0
     max_rating: float = 2.0
     conversational: bool = False
+    min_annotator_agreement: float | None = None
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -71,6 +72,8 @@ class ExportConfig:
                 raise InputError(f"{name} {value!r} is invalid: use a number")
         if self.min_margin < 0:
             raise InputError(f"--min-margin {self.min_margin} is invalid: use a number >= 0 (pairs must differ by more than it)")
+        if self.min_annotator_agreement is not None and not (isinstance(self.min_annotator_agreement, (int, float)) and -1.0 <= self.min_annotator_agreement <= 1.0):
+            raise InputError(f"--min-annotator-agreement {self.min_annotator_agreement!r} is invalid: Kendall's tau lies in [-1, 1]")
         if not 1 <= self.max_rating < self.min_rating <= 5:
             raise InputError(f"--max-rating {self.max_rating} and --min-rating {self.min_rating} are invalid: use 1 <= max-rating < min-rating <= 5 (ratings between them are neither good nor bad)")
         if not is_int(self.min_annotators) or self.min_annotators < 1:
@@ -93,6 +96,7 @@ class ExportResult:
     kept: int
     filtered: dict[str, int] = field(default_factory=dict)
     strategies: dict[str, int] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)  # annotators below --min-annotator-agreement
 
 
 # --------------------------------------------------------------------------- rows
@@ -284,6 +288,7 @@ def render_card(stats: dict[str, Any], cfg: ExportConfig, source: Path, out: Pat
         f"- rows written: {stats['rows']}",
         f"- filtered as discarded by annotators: {f['discarded']}",
         f"- filtered as pending (no submitted answer): {f['pending']}",
+        f"- annotators left out below min annotator agreement ({'none set' if cfg.min_annotator_agreement is None else cfg.min_annotator_agreement}): {', '.join(stats.get('left_out') or []) or 'none'}",
         f"- filtered by min annotators ({cfg.min_annotators}): {f['min_annotators']}",
         f"- filtered by min agreement ({'none' if cfg.min_agreement is None else cfg.min_agreement}): {f['min_agreement']}",
         f"- filtered by strategies ({'all' if cfg.strategies is None else ', '.join(cfg.strategies)}): {f['strategies']}",
@@ -357,11 +362,18 @@ def export(
     out_p = Path(out)
     output_kind(out_p)
     pulled = [row for _, row in read_pulled(pulled_path)]
+    left_out: list[str] = []
+    if cfg.min_annotator_agreement is not None:
+        from curator.curation import review
+
+        left_out = review.low_agreement_annotators(review.summary(pulled), cfg.min_annotator_agreement)
+        pulled = review.without_annotators(pulled, set(left_out))
     rows, stats = build_rows(pulled, cfg)
+    stats["left_out"] = left_out
     if not rows:
         f = ", ".join(f"{k} {v}" for k, v in stats["filtered"].items() if v)
         raise InputError(f"{pulled_path}: nothing to export: {stats['records']} records pulled, all filtered ({f or 'none kept'}): relax the filters or annotate more records")
     stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     card = render_card(stats, cfg, Path(pulled_path), out_p, stamp)
     write_rows(rows, out_p, card)
-    return ExportResult(out_p, card_path(out_p), len(rows), stats["records"], stats["kept"], stats["filtered"], stats["top_strategies"])
+    return ExportResult(out_p, card_path(out_p), len(rows), stats["records"], stats["kept"], stats["filtered"], stats["top_strategies"], left_out)

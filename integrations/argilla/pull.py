@@ -31,7 +31,9 @@ from curator import __version__
 from curator.curation.annotations import METHODS, PULLED_FORMAT, aggregate, summarize, tally_strategies
 from curator.config import ProgressFn, no_progress
 from curator.errors import InputError
+from curator.curation import review
 from curator.curation.export import write_rows
+from curator.io.atomic import write_text_atomic
 from curator.integrations.argilla.client import ArgillaError, RetryPolicy, connect, not_a_member, with_retry
 from curator.integrations.argilla.mapping import BEST, COMMENT, KEEP, PROMPT, RANKING, RATING, SLOT, SLOT_FLOATS, describe, n_slots_of, questions_of, slot_candidates
 from curator.integrations.argilla.push import find_dataset
@@ -53,6 +55,8 @@ class PullResult:
     skipped: int = 0
     strategy_votes: dict[str, int] = field(default_factory=dict)
     reads: int = 1  # full reads of the dataset it took to get a consistent set
+    agreement: dict[str, Any] = field(default_factory=dict)  # curator.curation.review.summary
+    report: Path | None = None  # <out stem>.report.md
 
 
 def _plain(value: Any) -> Any:
@@ -269,9 +273,12 @@ def pull(
     }
     rows = [_pulled_row(a, names, context) for a in aggregated]
     write_rows(rows, out_p)
+    stats = review.summary(rows)
+    report = out_p.with_name(out_p.stem + ".report.md")
+    write_text_atomic(report, review.render(stats, out_p.name))
     progress("pull", 1, 1)
     counts = summarize(rows)
     return PullResult(
         out_p, counts["records"], counts["submitted"], counts["discarded"], counts["pending"],
-        sum(r["n_annotators"] for r in rows), skipped, tally_strategies(rows), reads,
+        sum(r["n_annotators"] for r in rows), skipped, tally_strategies(rows), reads, stats, report,
     )

@@ -284,7 +284,73 @@ def test_suggestion_and_response_filters(argilla_client, world: World):
     assert sorted(got) == sorted(rid for rid in world.records if _record_status(world, rid) == "completed")
 
 
-def test_text_search(argilla_client, world: World):
+def _search_scored(info: ServerInfo, w: World, body: dict, api_key: Optional[str] = None, me: bool = False) -> list:
+    """(external id, query_score) of every hit, in the server's order."""
+    import httpx
+
+    path = f"/api/v1/{'me/' if me else ''}datasets/{w.dataset_id}/records/search"
+    with httpx.Client(base_url=info.url, headers={"X-Argilla-Api-Key": api_key or info.api_key}) as http:
+        result = http.post(path, params={"limit": 100}, json=body).raise_for_status().json()
+    assert result["total"] == len(result["items"])
+    return [(item["record"]["external_id"], item["query_score"]) for item in result["items"]]
+
+
+# brute force for the text search: a predicate over {field name: its lower-cased words}
+def _has(*words: str):
+    return lambda fs: any(set(words) <= set(tokens) for tokens in fs.values())
+
+
+def _phrase(*words: str):
+    n = len(words)
+    return lambda fs: any(tuple(t[k : k + n]) == words for t in fs.values() for k in range(len(t)))
+
+
+def _prefix(p: str):
+    return lambda fs: any(t.startswith(p) for tokens in fs.values() for t in tokens)
+
+
+def _and(*ps):
+    return lambda fs: all(p(fs) for p in ps)
+
+
+def _or(*ps):
+    return lambda fs: any(p(fs) for p in ps)
+
+
+def _not(p):
+    return lambda fs: not p(fs)
+
+
+# simple_query_string with default_operator AND, as argilla-server's Elasticsearch engine sends it
+TEXT_CASES = [
+    ("zebra", _has("zebra")),
+    ("ZEBRA apple", _and(_has("zebra"), _has("apple"))),
+    ("zebra + apple", _and(_has("zebra"), _has("apple"))),
+    ("zebra | apple", _or(_has("zebra"), _has("apple"))),
+    ("-zebra", _not(_has("zebra"))),
+    ("problem -zebra -apple", _and(_has("problem"), _not(_has("zebra")), _not(_has("apple")))),
+    ('"the zebra"', _phrase("the", "zebra")),
+    ('"zebra and the"', _phrase("zebra", "and", "the")),
+    ('"zebra answer" | "stone steps"', _or(_phrase("zebra", "answer"), _phrase("stone", "steps"))),  # per field
+    ('"answer 3" | "then 4"', _or(_phrase("answer", "3"), _phrase("then", "4"))),
+    ("zeb*", _prefix("zeb")),
+    ("1*", _prefix("1")),
+    ("(zebra | apple) -river", _and(_or(_has("zebra"), _has("apple")), _not(_has("river")))),
+    ("-(zebra | apple)", _not(_or(_has("zebra"), _has("apple")))),
+    ("zebra | apple river", _and(_or(_has("zebra"), _has("apple")), _has("river"))),  # left to right
+    ("zebra river | apple", _or(_and(_has("zebra"), _has("river")), _has("apple"))),
+    ('(zebra | (apple -cloud)) "the stone"', _and(_or(_has("zebra"), _and(_has("apple"), _not(_has("cloud")))),
+                                                  _phrase("the", "stone"))),  # fmt: skip
+    ("answer | steps", _or(_has("answer"), _has("steps"))),
+    ('"zebra', _has("zebra")),  # lenient: an unclosed quote or parenthesis is ignored, a stray one too
+    ("(zebra | apple", _or(_has("zebra"), _has("apple"))),
+    ("zebra)", _has("zebra")),
+    ("*", lambda fs: True),
+    ("", lambda fs: False),  # no operand: nothing, as Elasticsearch's simple_query_string
+]
+
+
+def test_text_search(argilla_server: ServerInfo, argilla_client, world: World):
     import argilla as rg
 
     pair = " ".join(w for w in VOCAB if w in _words(world.records["r00"]["fields"]["prompt"]))
@@ -293,6 +359,34 @@ def test_text_search(argilla_client, world: World):
         want = _words(q)
         expected = [rid for rid, r in world.records.items() if want <= _words(" ".join(r["fields"].values()))]
         assert expected and sorted(got) == sorted(expected), q
+
+    for field in (None, "prompt", "candidate_0"):
+        for q, keep in TEXT_CASES:
+            text = {"q": q, **({"field": field} if field else {})}
+            hits = _search_scored(argilla_server, world, {"query": {"text": text}})
+            words = {
+                rid: {name: re.findall(r"\w+", v.lower()) for name, v in r["fields"].items() if field in (None, name)}
+                for rid, r in world.records.items()
+            }
+            expected = [rid for rid, fields in words.items() if keep(fields)]
+            assert sorted(rid for rid, _ in hits) == sorted(expected), (q, field)
+            scores = [score for _, score in hits]
+            assert all(score > 0 for score in scores) and scores == sorted(scores, reverse=True), (q, field)
+
+
+def test_scores_without_a_text_query(argilla_server: ServerInfo, world: World):
+    hits = _search_scored(argilla_server, world, {})
+    assert len(hits) == N and all(score == 1.0 for _, score in hits)  # Elasticsearch's match_all
+    filtered = {"filters": {"and": [_terms({"entity": "metadata", "metadata_property": "task"}, ["logic"])]}}
+    assert {score for _, score in _search_scored(argilla_server, world, filtered)} == {1.0}
+    by_score = {"sort": [{"scope": {"entity": "metadata", "metadata_property": "score"}, "order": "desc"}]}
+    assert {score for _, score in _search_scored(argilla_server, world, by_score)} == {None}  # sorted: no _score
+    # an annotator's queue: Elasticsearch's function_score, the score times a seeded random_score
+    key = world.users["annotator-1"]["api_key"]
+    mine = _search_scored(argilla_server, world, {}, api_key=key, me=True)
+    scores = [score for _, score in mine]
+    assert len(mine) == N and all(0 <= s < 1 for s in scores) and scores == sorted(scores, reverse=True)
+    assert _search_scored(argilla_server, world, {}, api_key=key, me=True) == mine
 
 
 def test_similarity_ranking(argilla_client, world: World):
