@@ -120,7 +120,7 @@ def _filter(row: dict[str, Any], cfg: ExportConfig) -> tuple[str | None, set[str
     return None, allowed
 
 
-def _rows_of(row: dict[str, Any], allowed: set[str], cfg: ExportConfig, chat: bool) -> tuple[list[dict[str, Any]], int, str | None]:
+def _rows_of(row: dict[str, Any], allowed: set[str], cfg: ExportConfig, chat: bool, kto_from: str) -> tuple[list[dict[str, Any]], int, str | None]:
     """(rows, DPO pairs skipped at the margin, the candidate exported as the record's top or None)."""
     used, ids, scores = F.order_of(row, cfg.order, allowed)
     if cfg.fmt == "sft":
@@ -129,7 +129,7 @@ def _rows_of(row: dict[str, Any], allowed: set[str], cfg: ExportConfig, chat: bo
     if cfg.fmt == "dpo":
         rows, skipped = F.dpo_rows(row, ids, scores, used, chat, cfg.dpo_pairs, cfg.min_margin)
         return rows, skipped, (ids[0] if rows else None)
-    return F.kto_rows(row, cfg.kto_from, chat, cfg.min_rating, cfg.max_rating, allowed), 0, None
+    return F.kto_rows(row, kto_from, chat, cfg.min_rating, cfg.max_rating, allowed), 0, None
 
 
 def build_rows(pulled: list[dict[str, Any]], cfg: ExportConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -143,12 +143,14 @@ def build_rows(pulled: list[dict[str, Any]], cfg: ExportConfig) -> tuple[list[di
         else:
             filtered[rule] += 1
     chat = cfg.conversational or any(isinstance(row["prompt"], list) for row, _ in kept)
+    # auto: labels when the export has any keep/drop label at all, decided once for every record
+    kto_from = cfg.kto_from if cfg.kto_from != "auto" else ("labels" if any(row.get("candidate_labels") for row, _ in kept) else "ratings")
     out: list[dict[str, Any]] = []
     skipped_pairs = 0
     kept_records: list[dict[str, Any]] = []
     top_ids: list[tuple[dict[str, Any], str]] = []
     for row, allowed in kept:
-        rows, skipped, top = _rows_of(row, allowed, cfg, chat)
+        rows, skipped, top = _rows_of(row, allowed, cfg, chat, kto_from)
         skipped_pairs += skipped
         if not rows:
             narrowed = len(allowed) < len(row["candidates"])

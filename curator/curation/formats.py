@@ -13,7 +13,7 @@ the ranking where the record has one, else the ratings.
   with tied aggregate scores giving 0; rating margin: difference of mean ratings).
 - **KTO** (``prompt``/``completion``/``label``): from keep/drop labels (majority; ties skipped),
   or from ratings (mean >= ``min_rating`` is desirable, <= ``max_rating`` undesirable, between is
-  skipped).
+  skipped). ``auto`` is decided once per export: labels when any record has one.
 
 Text prompts give string columns; with ``conversational`` (or any chat prompt in the export) the
 prompt is a message list and each completion one assistant message, so a column never mixes types.
@@ -142,7 +142,7 @@ def dpo_rows(row: dict[str, Any], ids: list[str], scores: dict[str, float], used
 
 def kto_rows(row: dict[str, Any], source: str, chat: bool, min_rating: float, max_rating: float, allowed: set[str]) -> list[dict[str, Any]]:
     labels, means = majority_labels(row), mean_ratings(row)
-    use = source if source != "auto" else ("labels" if labels else "ratings")
+    use = source if source != "auto" else ("labels" if row.get("candidate_labels") else "ratings")
     out = []
     for c in row["candidates"]:
         cid = str(c["id"])
