@@ -10,6 +10,10 @@ import click
 from curator.cli.render import progress
 
 DEFAULT_DATA_DIR = Path("argilla-data")
+CONVENTION_MAPS = {
+    "distilabel": "instruction -> prompt, each of generations -> a candidate, its generation_models entry -> strategy",
+    "argilla-ranking": "instruction -> prompt, response1, response2, ... -> candidates, the column name -> strategy",
+}
 
 api_options = [
     click.option("--api-url", envvar="ARGILLA_API_URL", default=None, help="Argilla server URL (env ARGILLA_API_URL; default: the server `curator argilla serve` runs for --data-dir)."),
@@ -110,18 +114,23 @@ def serve(data_dir: Path, port: int | None, stop_: bool, status_: bool) -> None:
 def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None, influence_file: Path | None, store: Path | None, w_alignment: float, w_influence: float, vector_dim: int, batch_size: int, annotators: int | None, questions: str, keep_threshold: float, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
     """Push CANDIDATES to Argilla: one record per prompt, with curator's scores as suggestions. Re-pushing updates in place.
 
+    CANDIDATES may also use distilabel's columns (instruction, generations, generation_models) or
+    Argilla's ranking template (instruction, response1, response2, ...); the mapping used is printed.
+
     Prompts with 2 to 50 candidates get a ranking question; prompts with one get a 1-5 rating and a
     keep/drop label (--questions overrides the choice)."""
     import pandas as pd
 
-    from curator.io.data import load_candidates
+    from curator.io.conventions import load_any
     from curator.integrations.argilla.push import check_target, push as run_push
     from curator.curation.ranking import RankingWeights, rank_candidates
     from curator.store.store import GradientStore
     from curator.io.tables import read_table
 
     check_target(dataset, workspace)  # before reading files or reaching the server
-    cands = load_candidates(candidates)
+    cands, convention = load_any(candidates)
+    if convention != "curator":
+        click.echo(f"read {candidates} as {convention} rows: {len(cands)} candidates in {len({c.group for c in cands})} prompts ({CONVENTION_MAPS[convention]})")
     weights = RankingWeights(alignment=w_alignment, influence=w_influence)
     ranking = None
     if scores is not None or influence_file is not None:
