@@ -202,8 +202,8 @@ def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url
 
 @click.command("export")
 @click.argument("pulled", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["sft", "dpo", "kto"]), required=True, help="SFT rows, DPO pairs, or KTO rows (prompt, completion, label).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help=".jsonl, .parquet, or a folder (datasets.save_to_disk).")
+@click.option("--format", "fmt", type=click.Choice(["sft", "dpo", "kto", "argilla"]), required=True, help="SFT rows, DPO pairs, KTO rows (prompt, completion, label), or the Argilla dataset itself (a folder rg.Dataset.from_disk restores).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help=".jsonl, .parquet, or a folder (datasets.save_to_disk; always a folder for argilla).")
 @click.option("--min-annotators", type=int, default=1, show_default=True, help="Drop records with fewer annotators.")
 @click.option("--min-agreement", type=float, default=None, help="Drop records whose Kendall's W is lower (or unknown).")
 @click.option("--strategy", "strategies", multiple=True, help="Keep only these strategies' candidates (repeatable).")
@@ -216,9 +216,21 @@ def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url
 @click.option("--max-rating", type=float, default=2.0, show_default=True, help="A mean rating at or below this is bad (KTO).")
 @click.option("--conversational", is_flag=True, help="Message lists instead of strings (automatic when a prompt is a chat).")
 @click.option("--min-annotator-agreement", type=float, default=None, help="Leave out annotators whose mean Kendall tau with the aggregated ranking is below this, and re-aggregate.")
-def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], order: str, sft_from: str, pairs: str, min_margin: float, kto_from: str, min_rating: float, max_rating: float, conversational: bool, min_annotator_agreement: float | None) -> None:
-    """Export a pulled file as a curated SFT, DPO or KTO training set (TRL formats), with a provenance card."""
-    from curator.curation.export import export
+@click.option("--push-to-hub", "hub_repo", default=None, metavar="REPO", help="Also push the exported set with its card to this Hugging Face Hub dataset repo (needs a reachable hub and HF_TOKEN).")
+@with_api
+def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agreement: float | None, strategies: tuple[str, ...], order: str, sft_from: str, pairs: str, min_margin: float, kto_from: str, min_rating: float, max_rating: float, conversational: bool, min_annotator_agreement: float | None, hub_repo: str | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str) -> None:
+    """Export a pulled file as a curated SFT, DPO or KTO training set (TRL formats), with a provenance
+    card; or, with --format argilla, the Argilla dataset itself, as a folder rg.Dataset.from_disk restores."""
+    from curator.curation.export import export, push_to_hub
+
+    if fmt == "argilla":
+        from curator.integrations.argilla.archive import export_argilla
+
+        if hub_repo:
+            raise click.UsageError("--push-to-hub goes with --format sft, dpo or kto (the SDK's Dataset.to_hub pushes an Argilla dataset)")
+        path = export_argilla(pulled, out, client_from(api_url, api_key, data_dir))
+        click.echo(f"wrote the Argilla dataset of {pulled} to {path} (restore it with rg.Dataset.from_disk); card: {path / 'README.md'}")
+        return
 
     r = export(pulled, fmt, out, min_annotators=min_annotators, min_agreement=min_agreement, strategies=list(strategies) or None, dpo_pairs=pairs,
                order=order, sft_from=sft_from, min_margin=min_margin, kto_from=kto_from, min_rating=min_rating, max_rating=max_rating, conversational=conversational,
@@ -227,4 +239,7 @@ def export_cmd(pulled: Path, fmt: str, out: Path, min_annotators: int, min_agree
         click.echo(f"left out {len(r.left_out)} annotator(s) below --min-annotator-agreement {min_annotator_agreement:g}: {', '.join(r.left_out)}")
     dropped = ", ".join(f"{n} by {rule}" for rule, n in r.filtered.items() if n)
     click.echo(f"wrote {r.rows} {fmt.upper()} rows from {r.kept} of {r.records} records to {r.out}" + (f" (dropped {dropped})" if dropped else ""))
+    if hub_repo:
+        url = push_to_hub(r, hub_repo)
+        click.echo(f"pushed to the Hub: {url}")
     click.echo(f"dataset card: {r.card}")

@@ -83,12 +83,12 @@ def _raw_responses(model: Any) -> list[dict[str, Any]]:
     return out
 
 
-def fetch_record_models(client: Any, dataset: Any, page: int = 100, policy: RetryPolicy | None = None, hint: str = PULL_HINT) -> list[Any]:
-    """Every record model of ``dataset`` with responses and suggestions, page by page (no consistency check)."""
+def fetch_record_models(client: Any, dataset: Any, page: int = 100, policy: RetryPolicy | None = None, hint: str = PULL_HINT, with_vectors: bool = False) -> list[Any]:
+    """Every record model of ``dataset`` with responses and suggestions (and vectors), page by page (no consistency check)."""
     out: list[Any] = []
     while True:
         batch = with_retry(
-            lambda: client.api.records.list(dataset_id=dataset.id, offset=len(out), limit=page, with_suggestions=True, with_responses=True),
+            lambda: client.api.records.list(dataset_id=dataset.id, offset=len(out), limit=page, with_suggestions=True, with_responses=True, with_vectors=with_vectors or None),
             client, f"reading the records of dataset {dataset.name!r}", policy=policy, hint=hint,
         )
         out.extend(batch)
@@ -107,7 +107,7 @@ def record_count(client: Any, dataset: Any, policy: RetryPolicy | None = None) -
     return with_retry(get, client, f"counting the records of dataset {dataset.name!r}", policy=policy, hint=PULL_HINT)
 
 
-def read_consistent(client: Any, dataset: Any, page: int = PAGE_MAX, policy: RetryPolicy | None = None, reads: int = READS) -> tuple[list[Any], int]:
+def read_consistent(client: Any, dataset: Any, page: int = PAGE_MAX, policy: RetryPolicy | None = None, reads: int = READS, with_vectors: bool = False) -> tuple[list[Any], int]:
     """(record models, reads it took): every record exactly once, checked against the server's count.
 
     A read is accepted when it holds no id twice and as many distinct records as the server
@@ -117,7 +117,7 @@ def read_consistent(client: Any, dataset: Any, page: int = PAGE_MAX, policy: Ret
     seen = ""
     for attempt in range(1, reads + 1):
         before = record_count(client, dataset, policy)
-        models = fetch_record_models(client, dataset, page, policy)
+        models = fetch_record_models(client, dataset, page, policy, with_vectors=with_vectors)
         after = record_count(client, dataset, policy)
         unique = {str(m.id): m for m in models}
         if len(unique) == len(models) == before == after:

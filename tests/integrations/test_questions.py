@@ -21,7 +21,7 @@ from curator.integrations.argilla.client import ArgillaError, with_retry
 from curator.integrations.argilla.mapping import suggested_rating
 from curator.integrations.argilla.pull import pull
 from curator.integrations.argilla.push import api_model, push
-from tests.integrations.test_roundtrip import make_annotator
+from tests.integrations.test_roundtrip import demo_set, make_annotator  # noqa: F401  (demo_set: a fixture)
 from tests.test_trl_formats import _train_one_step
 
 pytestmark = pytest.mark.argilla
@@ -126,3 +126,70 @@ def test_server_errors_show_the_servers_own_detail(argilla_server: Any, argilla_
         with_retry(lambda: argilla_client.api.records.bulk_upsert(ds.id, [api_model(plan, ds)]), argilla_client, "sending a bad record")
     message = str(err.value)
     assert "the server said HTTP 422" in message and "9" in message, message
+
+
+def test_export_argilla_restores_with_from_disk_into_a_second_dataset(demo_set: dict[str, Any], argilla_server: Any, argilla_client: Any, tmp_path: Path) -> None:
+    import argilla as rg
+
+    from tests.test_cli import invoke
+
+    name = f"disk-{uuid.uuid4().hex[:8]}"
+    push(demo_set["candidates"], demo_set["ranking"], name, client=argilla_client, store=demo_set["store"], questions="both")
+    recs = records_by_group(argilla_client, name)
+    g0, g1 = demo_set["groups"][:2]
+    _, key = make_annotator(argilla_server, argilla_client, f"ann-{uuid.uuid4().hex[:6]}", "curator")
+    tied = [{"value": "candidate_2", "rank": 1}, {"value": "candidate_1", "rank": 2}, {"value": "candidate_3", "rank": 2}, {"value": "candidate_4", "rank": 3}]
+    respond(argilla_server, str(recs[g0]._model.id), key, {"ranking": tied, "best_strategy": "cot", "rating_1": 2, "keep_1": "drop", "rating_2": 5, "keep_2": "keep"})
+    r = httpx.post(f"{argilla_server.url}/api/v1/records/{recs[g1]._model.id}/responses", json={"status": "discarded", "values": None}, headers={"X-Argilla-Api-Key": key})
+    assert r.status_code == 201, r.text  # a discarded response without values: the SDK's own to_json fails on it
+    pulled = pull(name, client=argilla_client, out=tmp_path / "pulled.jsonl").out
+    out = tmp_path / "disk"
+    r = invoke(["export", str(pulled), "--format", "argilla", "--out", str(out), "--api-url", argilla_server.url, "--api-key", argilla_server.api_key])
+    assert r.exit_code == 0, r.output
+    assert (out / ".argilla" / "settings.json").is_file() and "Agreement report" in (out / "README.md").read_text()
+    copy = f"{name}-copy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        restored = rg.Dataset.from_disk(str(out), name=copy, workspace="curator", client=argilla_client)
+        original = argilla_client.datasets(name=name, workspace="curator")
+
+        def snapshot(ds: Any) -> dict[str, Any]:
+            """Each record as the server holds it (read as models: the SDK's Record objects fail on a
+            discarded response without values), user ids and statuses included."""
+            from curator.integrations.argilla.archive import record_dicts
+            from curator.integrations.argilla.pull import read_consistent
+
+            models, _ = read_consistent(argilla_client, ds, with_vectors=True)
+            questions = {str(q.id): (q.name, str(q.type).lower()) for q in ds.settings.questions}
+            got = {}
+            for rec in record_dicts(models, questions):
+                rec["vectors"] = {k: [round(float(x), 6) for x in v] for k, v in rec["vectors"].items()}
+                rec["responses"] = {q: sorted(rs, key=lambda x: x["user_id"]) for q, rs in rec["responses"].items()}
+                got[rec.pop("id")] = rec
+            return got
+
+        assert sorted(q.name for q in restored.settings.questions) == sorted(q.name for q in original.settings.questions)
+        a, b = snapshot(original), snapshot(restored)
+    assert a == b and len(a) == len(demo_set["groups"])
+    assert all(s["vectors"] for s in a.values())
+    statuses = sorted({x["status"] for s in a.values() for rs in s["responses"].values() for x in rs})
+    assert statuses == ["submitted"], statuses  # the discarded response has no values to carry: what the server shows per question
+    stored = json.loads((out / "records.json").read_text())
+    ranked = next(x for x in stored if x["metadata"]["group"] == g0)["responses"]["ranking"][0]
+    assert ranked["status"] == "submitted" and ranked["value"] == tied  # the tie survives on disk
+
+
+def test_push_to_hub_offline_is_one_line_and_keeps_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_cli import invoke
+    from tests.test_export import rated_rows, write
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pulled = write(tmp_path / "p.jsonl", rated_rows())
+    r = invoke(["export", str(pulled), "--format", "kto", "--out", str(tmp_path / "kto"), "--push-to-hub", "me/curated"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "the Hub is offline here" in r.stderr
+    import datasets
+
+    folder = datasets.load_from_disk(str(tmp_path / "kto"))  # the offline equivalent: save_to_disk with the same card
+    assert folder.num_rows == 5 and "Krippendorff's alpha" in (tmp_path / "kto" / "README.md").read_text()
+    bad = invoke(["export", str(pulled), "--format", "kto", "--out", str(tmp_path / "k2.jsonl"), "--push-to-hub", "no-slash"])
+    assert bad.exit_code == 2 and "is not a Hub repo id" in bad.stderr
