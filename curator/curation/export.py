@@ -253,15 +253,13 @@ def _write_dir(rows: list[dict[str, Any]], out: Path, card: str | None) -> None:
         raise InputError(f"{out}: exists and is not a dataset folder written by curator: choose a new --out path")
 
     def fill(tmp: Path) -> None:
-        from datasets.utils import tqdm as bars
-
-        quiet_before = bars.are_progress_bars_disabled()
-        bars.disable_progress_bars()  # the CLI draws its own; datasets' bar would interleave with error lines
+        quiet_before = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # the CLI draws its own; datasets' bar would interleave with error lines
         try:
             datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
         finally:
             if not quiet_before:
-                bars.enable_progress_bars()
+                datasets.enable_progress_bars()
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
 
