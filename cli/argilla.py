@@ -131,6 +131,9 @@ def push(ctx: click.Context, candidates: Path, dataset: str, scores: Path | None
     cands, convention = load_any(candidates)
     if convention != "curator":
         click.echo(f"read {candidates} as {convention} rows: {len(cands)} candidates in {len({c.group for c in cands})} prompts ({CONVENTION_MAPS[convention]})")
+    from curator.integrations.argilla.schema import spec_for
+
+    spec_for(cands, questions=questions, keep_threshold=keep_threshold)  # questions that fit, checked before the server is reached
     weights = RankingWeights(alignment=w_alignment, influence=w_influence)
     ranking = None
     if scores is not None or influence_file is not None:

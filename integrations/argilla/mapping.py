@@ -109,7 +109,7 @@ def suggestion_score(x: float | None) -> float:
 
 
 def suggested_rating(x: float) -> int:
-    """A combined score as a 1-5 rating: its logistic cut into fifths (0 → 3, z ≈ ±1.4 → 2 or 4)."""
+    """A combined score as a 1-5 rating: its logistic cut into fifths (cuts at ±0.405 and ±1.386; 0 → 3)."""
     return min(5, 1 + int(5 * suggestion_score(x)))
 
 
