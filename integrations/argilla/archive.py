@@ -24,6 +24,7 @@ from curator.curation.annotations import read_pulled
 from curator.errors import InputError
 from curator.io.atomic import write_dir_atomic
 from curator.integrations.argilla.client import RetryPolicy, with_retry
+from curator.integrations.argilla.pull import plain, read_consistent
 from curator.integrations.argilla.push import find_dataset
 
 
@@ -43,16 +44,6 @@ def card(pulled: list[dict[str, Any]], source: Path, name: str, workspace: str, 
         "",
         review.render(stats, source.name).replace("# Agreement report", "## Agreement report", 1),
     ])
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _value(question_kind: str, v: Any) -> Any:
@@ -81,11 +72,11 @@ def record_dicts(models: list[Any], questions: dict[str, tuple[str, str]]) -> li
             status = str(getattr(r.status, "value", r.status))
             for q, v in (r.values or {}).items():
                 kind = next((k for n, k in questions.values() if n == q), "")
-                responses.setdefault(q, []).append({"value": _value(kind, _plain(v)), "user_id": str(r.user_id), "status": status})
+                responses.setdefault(q, []).append({"value": _value(kind, plain(v)), "user_id": str(r.user_id), "status": status})
         meta = m.metadata or {}
         out.append({
             "id": str(m.external_id if m.external_id is not None else m.id),
-            "fields": _plain(dict(m.fields or {})),
+            "fields": plain(dict(m.fields or {})),
             "metadata": dict(meta) if isinstance(meta, dict) else {x.name: x.value for x in meta},
             "suggestions": suggestions,
             "responses": responses,
@@ -113,8 +104,6 @@ def export_argilla(pulled_path: str | Path, out: str | Path, client: Any, retry:
     if ds is None:
         raise InputError(f"no dataset {name!r} in workspace {workspace!r} at {getattr(client, 'api_url', 'the server')} (named by {src}): check the server and the key")
     stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
-
-    from curator.integrations.argilla.pull import read_consistent
 
     models, _ = read_consistent(client, ds, policy=policy, with_vectors=True)
     questions = {str(q.id): (q.name, str(getattr(q, "type", "") or getattr(getattr(q, "_model", None), "type", "")).lower()) for q in ds.settings.questions}

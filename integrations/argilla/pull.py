@@ -59,14 +59,14 @@ class PullResult:
     report: Path | None = None  # <out stem>.report.md
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """SDK/pydantic values (chat messages) as plain JSON data."""
     if hasattr(value, "model_dump"):
         return value.model_dump()
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     return value
 
 
@@ -156,7 +156,7 @@ def _record_input(model: Any, n_slots: int, questions: dict[str, str]) -> dict[s
     slots = slot_candidates(meta, n_slots)
     if not slots:
         return None
-    fields = _plain(dict(model.fields or {}))
+    fields = plain(dict(model.fields or {}))
     responses = _raw_responses(model)
     submitted = [r for r in responses if r["status"] == "submitted"]
     status = "submitted" if submitted else "discarded" if any(r["status"] == "discarded" for r in responses) else "pending"
