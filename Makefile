@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.curator-installed
 
-.PHONY: demo test test-fast venv redis browser clean
+.PHONY: demo test test-fast venv redis postgresql browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ redis:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
 	  else echo "redis-server is missing: install it (sudo apt-get install redis-server)" >&2; exit 1; fi; }
 
+# PostgreSQL from the system, for `curator argilla serve --database postgresql` (tests/integrations/test_postgres.py).
+# Debian puts initdb and postgres in /usr/lib/postgresql/<major>/bin, off PATH; curator looks there too.
+postgresql:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	  else echo "PostgreSQL is missing: install it (sudo apt-get install postgresql)" >&2; exit 1; fi; }
+
 # Debian's chromium, headless, for the browser test of the Argilla UI (tests/integrations/test_browser.py)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -34,10 +42,10 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/curator demo --out demo-output
 
-test: $(STAMP) redis browser
+test: $(STAMP) redis postgresql browser
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) redis browser
+test-fast: $(STAMP) redis postgresql browser
 	$(PY) -m pytest -q -m "not slow and not crash"
 
 clean:

@@ -71,10 +71,12 @@ def argilla_group() -> None:
 @argilla_group.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True, help="Where the server keeps its database, search index and logs.")
 @click.option("--port", type=int, default=None, help="HTTP port (default: a free one).")
-@click.option("--stop", "stop_", is_flag=True, help="Stop the processes started for --data-dir, by pid.")
+@click.option("--database", type=click.Choice(["sqlite", "postgresql"]), default=None, help="sqlite: one person (the default for a new --data-dir); postgresql: a local PostgreSQL in DATA_DIR/postgres, for a team. Default: what --data-dir already holds.")
+@click.option("--database-url", default=None, metavar="URL", help="An existing PostgreSQL (postgresql://USER:PASSWORD@HOST:PORT/DB) instead of a local database; needed at each start. Never printed with its password.")
+@click.option("--stop", "stop_", is_flag=True, help="Stop the processes started for --data-dir (PostgreSQL included), by pid.")
 @click.option("--status", "status_", is_flag=True, help="Show whether the server for --data-dir runs.")
-def serve(data_dir: Path, port: int | None, stop_: bool, status_: bool) -> None:
-    """Start a local argilla-server 2.8.0 (SQLite, Redis, curator's search engine) in the background.
+def serve(data_dir: Path, port: int | None, database: str | None, database_url: str | None, stop_: bool, status_: bool) -> None:
+    """Start a local argilla-server 2.8.0 (SQLite or PostgreSQL, Redis, curator's search engine) in the background.
 
     The server runs in its own virtualenv (created on first use). Data survives restarts.
     """
@@ -89,9 +91,10 @@ def serve(data_dir: Path, port: int | None, stop_: bool, status_: bool) -> None:
         state = "running" if st.running else ("answering" if st.answering else "not running")
         click.echo(f"{data_dir}: {state}" + (f" at {st.info.url}" if st.info else ""))
         return
-    info = start(data_dir, port=port, progress=lambda msg: click.echo(msg, err=True))
+    info = start(data_dir, port=port, database=database, database_url=database_url, progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"Argilla is up at {info.url}")
     click.echo(f"log in as {info.username} / {info.password}; API key for the SDK and curator: {info.api_key}")
+    click.echo(f"database: {info.database_shown}")
     click.echo(f"data: {info.data_dir}; stop with: curator argilla serve --stop --data-dir {data_dir}")
 
 
@@ -193,12 +196,18 @@ def pull(ctx: click.Context, dataset: str, out: Path, method: str, page_size: in
 @with_api
 @with_retries
 def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url: str | None, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
-    """Listen for submitted rankings; update the strategy tally and re-rank similar pending records."""
+    """Listen for submitted rankings; update the strategy tally and re-rank similar pending records.
+
+    The tally counts each annotator's submitted response to a record once (edits replace it,
+    deletes and discards withdraw it) and is rebuilt from the server at every start."""
     from curator.integrations.argilla.listen import Listener, default_log_path, serve_listener
 
     policy = retry_policy(retries, retry_delay)
     client = client_from(api_url, api_key, data_dir)
     listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or default_log_path(dataset), retry=policy)
+    r = listener.rebuilt
+    votes = ", ".join(f"{s} {n}" for s, n in sorted(r["tally"].items(), key=lambda x: (-x[1], x[0]))) or "no votes yet"
+    click.echo(f"tally rebuilt from the server: {r['submitted_responses']} submitted responses in {r['records']} records; votes: {votes}")
     click.echo(f"listening for submissions on {dataset} at http://{host}:{port} (Ctrl-C to stop); changes are logged to {listener.log_path}")
     serve_listener(listener, host=host, port=port, public_url=public_url)
 

@@ -120,6 +120,8 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ArgillaAPIError):
         return getattr(exc, "status_code", 0) >= 500
+    if isinstance(exc, httpx.HTTPStatusError):  # raw API calls (raise_for_status): a 5xx is as transient as the SDK's
+        return exc.response.status_code >= 500
     cause = exc.__cause__ or exc.__context__
     return cause is not None and cause is not exc and is_transient(cause)
 
@@ -185,7 +187,11 @@ def translate(exc: BaseException, client: Any, action: str) -> BaseException:
     if isinstance(exc, (httpx.TransportError, ConnectionError)):
         return unreachable(url, exc, action)
     detail = server_detail(exc)
-    said = f"; the server said {_scrub(detail, key)[:400]}" if detail and detail not in str(exc) else ""
+    text = " ".join(str(exc).split())
+    body = detail.split(": ", 1)[-1] if detail else ""  # the detail without its "HTTP 503: " prefix
+    said = ""
+    if detail:  # the server's status always; its detail unless the SDK's text already holds it
+        said = f"; the server said {_scrub(detail, key)[:400]}" if body[:80] not in text else f"; the server said {detail.split(':', 1)[0]}"
     return ArgillaError(f"Argilla at {url} failed while {action}: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}{said}")
 
 

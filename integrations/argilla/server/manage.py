@@ -1,18 +1,23 @@
 """Serve, stop and inspect a local argilla-server 2.8.0 whose data lives in one directory.
 
-``serve`` starts three detached processes: Redis (from the system), the app and the rq worker (both
-through ``launcher.py`` in the server's own virtualenv, so that curator's SQLite search engine is
-registered). It records them in ``DATA_DIR/server.json``; ``stop`` ends exactly those processes, after
-checking that each pid still is the process it started. Everything persistent (``argilla.db``, the
-search index ``search.db``) stays in the data directory, so ``stop`` then ``serve`` keeps the data.
+``serve`` starts detached processes: Redis (from the system), with ``--database postgresql`` a local
+PostgreSQL (``postgres.py``), then the app and the rq worker (both through ``launcher.py`` in the
+server's own virtualenv, so that curator's SQLite search engine is registered). It records them in
+``DATA_DIR/server.json``; ``stop`` ends exactly those processes, after checking that each pid still is
+the process it started. Everything persistent (the database, the search index ``search.db``) stays in
+the data directory, so ``stop`` then ``serve`` keeps the data. ``database.py`` says which database a
+directory uses (SQLite by default, a local PostgreSQL, or an existing one given by URL).
 
 Layout of a data directory::
 
-    server.json     pids, command lines, ports, url (no secrets)
-    argilla.db      the server's SQLite database
-    search.db       curator-sqlite's search index
-    logs/           redis.log, prepare.log, app.log, worker.log
-    redis/          Redis' working directory (nothing is persisted there)
+    server.json        pids, command lines, ports, url (no secrets)
+    database.json      the database kind it uses (kept across stops; a URL without its password)
+    argilla.db         the server's SQLite database (WAL mode), with --database sqlite
+    postgres/          the PostgreSQL cluster, with --database postgresql (owned by user postgres under root)
+    postgres-password  its superuser's password (mode 0600)
+    search.db          curator-sqlite's search index
+    logs/              redis.log, postgres.log, prepare.log, app.log, worker.log
+    redis/             Redis' working directory (nothing is persisted there)
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-from . import processes
+from . import postgres, processes
+from .database import SQLITE_TIMEOUT_S, Database, redact, remember, resolve
 from .env import ArgillaServerError, Progress, child_env, ensure_server_env, file_lock
 
 DEFAULT_API_KEY = "argilla.apikey"  # what argilla-server's `database users create_default` sets
@@ -39,6 +45,8 @@ ENGINE_NAME = "curator-sqlite"
 STATE_FILE = "server.json"
 STATE_FORMAT = 1
 _ROLES = ("app", "worker", "redis")
+_SERVICES = ("redis", "postgres")  # stopped after the app and the worker that use them
+LocalPostgres = Tuple[postgres.Binaries, Optional[postgres.User]]
 _LAUNCHER = Path(__file__).resolve().parent / "launcher.py"
 _PREPARE_TIMEOUT = 600.0  # migrating a large database can take a while
 
@@ -55,6 +63,9 @@ class ServerInfo:
     redis_port: int
     username: str = DEFAULT_USERNAME
     password: str = dataclasses.field(default=DEFAULT_PASSWORD, repr=False)
+    database: str = "sqlite"  # sqlite, postgresql (a local cluster) or external (--database-url)
+    database_shown: str = "sqlite"  # the database in words, without secrets
+    postgres_port: Optional[int] = None
 
     @property
     def log_dir(self) -> Path:
@@ -121,7 +132,20 @@ def _info(data_dir: Path, state: dict) -> ServerInfo:
         pids={role: rec["pid"] for role, rec in state["processes"].items()},
         port=state["port"],
         redis_port=state["redis_port"],
+        database=state.get("database", {}).get("kind", "sqlite"),
+        database_shown=state.get("database", {}).get("shown", "sqlite"),
+        postgres_port=state.get("postgres_port"),
     )
+
+
+def _roles(state: dict) -> set:
+    return set(_ROLES) | ({"postgres"} if state.get("database", {}).get("kind") == "postgresql" else set())
+
+
+def _terminate_all(records: Dict[str, dict], timeout: float = 10.0) -> List[int]:
+    """The app and the worker together, then the services they use (PostgreSQL gets time to checkpoint)."""
+    signalled = processes.terminate([records[r] for r in ("app", "worker") if r in records], timeout)
+    return signalled + processes.terminate([records[r] for r in _SERVICES if r in records], max(timeout, 30.0))
 
 
 def _answers(url: str, timeout: float = 2.0) -> bool:
@@ -162,17 +186,23 @@ def serve(
     host: str = "127.0.0.1",
     progress: Progress = None,
     timeout: float = 120.0,
+    database: Optional[str] = None,
+    database_url: Optional[str] = None,
 ) -> ServerInfo:
     """Start (or find already running) a local argilla-server keeping its data in ``data_dir``.
 
     Ports are picked free when not given. If a server started by curator already runs for this
     directory, its info is returned (a different ``port`` is refused). The server's default user is
-    ``argilla``/``1234`` with API key ``argilla.apikey``.
+    ``argilla``/``1234`` with API key ``argilla.apikey``. ``database``: ``sqlite`` (one person) or
+    ``postgresql`` (a local PostgreSQL for a team); ``database_url``: an existing PostgreSQL instead.
+    Left out, the directory's own database is used (SQLite for a new one).
     """
     redis = shutil.which("redis-server")
     if redis is None:
         raise ArgillaServerError("redis-server was not found on PATH; install it: apt-get install redis-server")
     data_dir = Path(data_dir).expanduser().resolve()
+    db = resolve(data_dir, database, database_url)
+    local_pg = _local_postgres(data_dir) if db.kind == "postgresql" else None
     data_dir.mkdir(parents=True, exist_ok=True)
     python = ensure_server_env(progress)
     say = progress or (lambda _msg: None)
@@ -187,39 +217,85 @@ def serve(
                     )
                 say(f"argilla-server already running for {data_dir} at {state['url']}")
                 return _info(data_dir, state)
-            processes.terminate([records[r] for r in _ROLES if r in records])  # a partial leftover, all at once
+            _terminate_all(records)  # a partial leftover (PostgreSQL or Redis gone, say): start afresh
             (data_dir / STATE_FILE).unlink(missing_ok=True)
-        return _start(data_dir, python, redis, port, redis_port, host, say, timeout)
+        info = _start(data_dir, python, redis, port, redis_port, host, say, timeout, db, local_pg)
+        remember(data_dir, db)
+        return info
 
 
-def _start(data_dir: Path, python: Path, redis: str, port, redis_port, host: str, say, timeout: float) -> ServerInfo:
+def _local_postgres(data_dir: Path) -> LocalPostgres:
+    """PostgreSQL's programs (the existing cluster's version) and the user it runs as; checked before anything starts."""
+    binaries = postgres.find_binaries(postgres.cluster_major(data_dir))
+    user = postgres.run_as()
+    postgres.check_reachable(data_dir, user)
+    return binaries, user
+
+
+def _start_postgres(
+    data_dir: Path, local_pg: LocalPostgres, records: Dict[str, dict], state: dict, say: Callable[[str], None]
+) -> str:
+    """Make the cluster if needed, start the postmaster, wait for it; return the URL for argilla-server."""
+    binaries, user = local_pg
+    log = data_dir / "logs" / "postgres.log"
+    password = postgres.ensure_cluster(data_dir, binaries, user, log)
+    pg_port = _free_port()
+    say(f"starting PostgreSQL {binaries.major} on 127.0.0.1:{pg_port} (data in {data_dir / postgres.CLUSTER_DIR})")
+    cmd = postgres.command(binaries, data_dir, pg_port)
+    env = child_env({"LC_ALL": "C", "ARGILLA_HOME_PATH": str(data_dir)})
+    records["postgres"] = processes.start(cmd, log, env, data_dir / postgres.CLUSTER_DIR,
+                                          user=user.popen_kwargs() if user else None, stop_signal="SIGINT")  # fmt: skip
+    state["postgres_port"] = pg_port
+    _write_state(data_dir, state)
+    _wait(lambda: postgres.ready(data_dir, pg_port), records, "PostgreSQL", str(log), 60)
+    return postgres.url(pg_port, password)
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _start(data_dir: Path, python: Path, redis: str, port, redis_port, host: str, say, timeout: float,
+           db: Database, local_pg: Optional[LocalPostgres]) -> ServerInfo:  # fmt: skip
     port = _check_port(port, "the Argilla server", "--port") if port else _free_port()
     redis_port = _check_port(redis_port, "Redis", "redis port") if redis_port else _free_port()
     logs = data_dir / "logs"
     (data_dir / "redis").mkdir(exist_ok=True)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    env = child_env(
-        {
-            "ARGILLA_HOME_PATH": str(data_dir),
-            "ARGILLA_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'argilla.db'}",
-            "ARGILLA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "ARGILLA_SEARCH_ENGINE": ENGINE_NAME,
-            "CURATOR_SEARCH_DB": str(data_dir / "search.db"),
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "ARGILLA_SHOW_HUGGINGFACE_SPACE_PERSISTENT_STORAGE_WARNING": "false",
-        }
-    )
+    shown = {"sqlite": f"SQLite at {data_dir / 'argilla.db'}", "postgresql": f"PostgreSQL, data in {data_dir / postgres.CLUSTER_DIR}"}
+    database = {"kind": db.kind, "shown": shown.get(db.kind, db.shown), **({"url": redact(db.url)} if db.url else {})}
     state = {"format": STATE_FORMAT, "argilla_server": "2.8.0", "url": url, "host": host, "port": port,
-             "redis_port": redis_port, "processes": {}}  # fmt: skip
+             "redis_port": redis_port, "database": database, "processes": {}}  # fmt: skip
     records = state["processes"]
     try:
         say(f"starting Redis on port {redis_port}")
         redis_cmd = [redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                      "--daemonize", "no", "--dir", str(data_dir / "redis")]  # fmt: skip
-        records["redis"] = processes.start(redis_cmd, logs / "redis.log", env, data_dir)
+        records["redis"] = processes.start(redis_cmd, logs / "redis.log", child_env({"ARGILLA_HOME_PATH": str(data_dir)}), data_dir)
         _write_state(data_dir, state)
         _wait(lambda: _redis_answers(redis_port), records, "Redis", str(logs / "redis.log"), 30)
 
+        database_url = f"sqlite+aiosqlite:///{data_dir / 'argilla.db'}" if db.kind == "sqlite" else db.url
+        if local_pg is not None:
+            database_url = _start_postgres(data_dir, local_pg, records, state, say)
+            database["shown"] = f"PostgreSQL at 127.0.0.1:{state['postgres_port']}, data in {data_dir / postgres.CLUSTER_DIR}"
+        env = child_env(
+            {
+                "ARGILLA_HOME_PATH": str(data_dir),
+                "ARGILLA_DATABASE_URL": str(database_url),
+                "ARGILLA_DATABASE_SQLITE_TIMEOUT": str(SQLITE_TIMEOUT_S),
+                "ARGILLA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                "ARGILLA_SEARCH_ENGINE": ENGINE_NAME,
+                "CURATOR_SEARCH_DB": str(data_dir / "search.db"),
+                "CURATOR_DATABASE_SHOWN": database["shown"],
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "ARGILLA_SHOW_HUGGINGFACE_SPACE_PERSISTENT_STORAGE_WARNING": "false",
+            }
+        )
         say("migrating the database and creating the default user")
         prepare_cmd = [str(python), str(_LAUNCHER), "prepare"]
         with open(logs / "prepare.log", "ab") as out:
@@ -232,7 +308,10 @@ def _start(data_dir: Path, python: Path, redis: str, port, redis_port, host: str
             except subprocess.TimeoutExpired:
                 rc = None
         if rc != 0:
-            raise ArgillaServerError(f"migrating the Argilla database in {data_dir} failed; see {logs / 'prepare.log'}")
+            why = _last_line(logs / "prepare.log").removeprefix("error: ")
+            raise ArgillaServerError(
+                f"migrating the Argilla database ({database['shown']}) failed{': ' + why if why else ''}; see {logs / 'prepare.log'}"
+            )
 
         say(f"starting argilla-server on {url}")
         app_cmd = [str(python), str(_LAUNCHER), "app", "--host", host, "--port", str(port)]
@@ -241,8 +320,7 @@ def _start(data_dir: Path, python: Path, redis: str, port, redis_port, host: str
         _write_state(data_dir, state)
         _wait(lambda: _answers(url), records, f"argilla-server at {url}", str(logs / "app.log"), timeout)
     except BaseException:
-        processes.terminate([records[r] for r in ("app", "worker") if r in records])
-        processes.terminate([records["redis"]] if "redis" in records else [])
+        _terminate_all(records)
         (data_dir / STATE_FILE).unlink(missing_ok=True)
         raise
     say(f"argilla-server is up at {url}")
@@ -262,9 +340,7 @@ def stop(data_dir: Path, timeout: float = 10.0) -> Dict[str, int]:
         if state is None:
             return {}
         records = state["processes"]
-        # app and worker together, then the Redis they use
-        signalled = processes.terminate([records[r] for r in ("app", "worker") if r in records], timeout)
-        signalled += processes.terminate([records["redis"]] if "redis" in records else [], timeout)
+        signalled = _terminate_all(records, timeout)
         (data_dir / STATE_FILE).unlink(missing_ok=True)
         return {role: rec["pid"] for role, rec in records.items() if rec["pid"] in signalled}
 
@@ -277,7 +353,7 @@ def status(data_dir: Path) -> ServerStatus:
         return ServerStatus(data_dir=data_dir, running=False, answering=False, processes={})
     alive = {role: processes.is_ours(rec) for role, rec in state["processes"].items()}
     answering = _answers(state["url"])
-    running = answering and all(alive.values()) and set(alive) == set(_ROLES)
+    running = answering and all(alive.values()) and set(alive) == _roles(state)
     return ServerStatus(
         data_dir=data_dir, running=running, answering=answering, processes=alive, info=_info(data_dir, state)
     )

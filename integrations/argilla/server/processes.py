@@ -3,7 +3,9 @@
 Each process is started in a new session (its pid is its process-group id), with its output in a log
 file. Its record keeps the pid, the executable and the kernel start time (the pair identifies one
 process for the life of the machine), so that ``terminate`` can tell a live process it started from an
-unrelated one that reused the pid.
+unrelated one that reused the pid. A process may run as another user (PostgreSQL refuses root), and
+may name its own stop signal (PostgreSQL's postmaster shuts down fast on SIGINT, and stops its own
+children; it is signalled alone, not with its process group).
 """
 
 from __future__ import annotations
@@ -34,8 +36,14 @@ def _exe(pid: int) -> Optional[str]:
         return None
 
 
-def start(cmd: List[str], log: Path, env: dict, cwd: Path) -> dict:
-    """Start ``cmd`` detached, output appended to ``log``; return its record (pid, cmdline, start time)."""
+def start(
+    cmd: List[str], log: Path, env: dict, cwd: Path, user: Optional[dict] = None, stop_signal: Optional[str] = None
+) -> dict:
+    """Start ``cmd`` detached, output appended to ``log``; return its record (pid, cmdline, start time).
+
+    ``user``: ``subprocess`` arguments (user, group, extra_groups) to run it as another account.
+    ``stop_signal``: a signal name sent to the process alone on ``terminate`` (default: SIGTERM to its group).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -46,17 +54,21 @@ def start(cmd: List[str], log: Path, env: dict, cwd: Path) -> dict:
             env=env,
             cwd=cwd,
             start_new_session=True,
+            **(user or {}),
         )
     _CHILDREN[proc.pid] = proc
     # Popen returns once the child has exec'd, so exe is the program's own (not this python's)
     fields = _stat_fields(proc.pid)
-    return {
+    record = {
         "pid": proc.pid,
         "cmdline": list(cmd),
         "exe": _exe(proc.pid),
         "start_time": fields[19] if fields else None,
         "log": str(log),
     }
+    if stop_signal:
+        record["stop_signal"] = stop_signal
+    return record
 
 
 def _reap(pid: int) -> None:
@@ -101,8 +113,11 @@ def _group_members(pgid: int) -> List[int]:
 
 def _signal(record: dict, sig: int) -> None:
     pid = record["pid"]
+    own = record.get("stop_signal")
     try:
-        if os.getpgid(pid) == pid:  # started as a session leader: also reach its children (rq work horses)
+        if own and sig == signal.SIGTERM:  # the process's own way to stop; it ends its children itself
+            os.kill(pid, getattr(signal, own))
+        elif os.getpgid(pid) == pid:  # started as a session leader: also reach its children (rq work horses)
             os.killpg(pid, sig)
         else:
             os.kill(pid, sig)
