@@ -10,7 +10,7 @@ from curator.errors import InputError
 from curator.io.conventions import detect, load_any
 from curator.io.data import content_hash
 from tests.conftest import write_jsonl
-from tests.test_cli import assert_one_error_line, invoke
+from tests.test_cli import invoke
 
 
 def test_distilabel_rows_become_one_candidate_per_generation(tmp_path: Path) -> None:

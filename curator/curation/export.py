@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from curator import __version__
 from curator.curation import formats as F
 from curator.curation.card import render_card
 from curator.curation.annotations import read_pulled, tally_strategies
