@@ -366,15 +366,17 @@ def test_rating_form_for_one_candidate_per_prompt(argilla_server: Any, argilla_c
     # the annotator disagrees: rating 4 and keep, then submits through the form
     other = 4 if want != 4 else 3
     browser.js(f"document.querySelector('label[for=rating_1_{other}]').click()")
-    browser.js("document.querySelector('label[for=keep_1_keep]').click()")
+    # keep/drop are checkboxes: clicking an already checked one (a keep suggestion) would clear it
+    browser.js("document.querySelector('#keep_1_keep').checked || document.querySelector('label[for=keep_1_keep]').click()")
     browser.wait_for(f"document.querySelector('label[for=rating_1_{other}]').classList.contains('label-active') && document.querySelector('#keep_1_keep').checked", "the new answers")
     browser.js("document.querySelector('button.button--submit').click()")
     res = None
-    for _ in range(100):
+    deadline = time.monotonic() + 90  # the UI posts asynchronously; a loaded machine may take a while
+    while time.monotonic() < deadline:
         res = pull(name, client=argilla_client, out=tmp_path / "pulled.jsonl")
         if res.submitted:
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     assert res is not None and res.submitted == 1, "the submission through the UI did not reach the server"
     row = next(r for r in map(json.loads, res.out.read_text().splitlines()) if r["group"] == group)
     assert [(a["ratings"], a["labels"]) for a in row["annotations"]] == [([{"candidate_id": f"c{shown}", "slot": "candidate_1", "rating": other}], [{"candidate_id": f"c{shown}", "slot": "candidate_1", "label": "keep"}])]
