@@ -96,19 +96,18 @@ def _body(row: dict[str, Any], chat: bool, key: str, text: str) -> dict[str, Any
 
 def sft_rows(row: dict[str, Any], ids: list[str], source: str, chat: bool, min_rating: float, allowed: set[str]) -> list[dict[str, Any]]:
     by_id = {str(c["id"]): c for c in row["candidates"]}
+    labels, means = majority_labels(row), mean_ratings(row)
     if source == "top":
         picked = ids[:1]
     elif source == "kept":
-        labels = majority_labels(row)
         picked = [str(c["id"]) for c in row["candidates"] if str(c["id"]) in allowed and labels.get(str(c["id"])) == "keep"]
     else:
-        means = mean_ratings(row)
         picked = [str(c["id"]) for c in row["candidates"] if str(c["id"]) in allowed and means.get(str(c["id"]), -1.0) >= min_rating]
     out = []
     for cid in picked:
         c = by_id[cid]
         body: dict[str, Any] = {"messages": as_messages(row["prompt"]) + [_assistant(c["text"])]} if chat else {"prompt": row["prompt"], "completion": c["text"]}
-        extra = {} if source == "top" else {"rating": mean_ratings(row).get(cid), "label": majority_labels(row).get(cid)}
+        extra = {} if source == "top" else {"rating": means.get(cid), "label": labels.get(cid)}
         out.append({**body, **provenance(row), "candidate_id": cid, "strategy": c["strategy"], **extra})
     return out
 
