@@ -193,18 +193,20 @@ def pull(ctx: click.Context, dataset: str, out: Path, method: str, page_size: in
 @click.option("--port", type=int, default=8000, show_default=True, help="Port the listener binds to.")
 @click.option("--public-url", default=None, help="URL the Argilla server posts events to (default: http://HOST:PORT; 127.0.0.1 when HOST is 0.0.0.0).")
 @click.option("--log", "log_file", type=click.Path(path_type=Path), default=None, help="JSONL log of every change (default: listen-<dataset>.log.jsonl).")
+@click.option("--workers", type=int, default=4, show_default=True, help="Re-ranking writes sent to the server at once.")
 @with_api
 @with_retries
-def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url: str | None, log_file: Path | None, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
+def listen(dataset: str, k: int, weight: float, host: str, port: int, public_url: str | None, log_file: Path | None, workers: int, api_url: str | None, api_key: str | None, data_dir: Path, workspace: str, retries: int, retry_delay: float) -> None:
     """Listen for submitted rankings; update the strategy tally and re-rank similar pending records.
 
     The tally counts each annotator's submitted response to a record once (edits replace it,
     deletes and discards withdraw it) and is rebuilt from the server at every start."""
-    from curator.integrations.argilla.listen import Listener, default_log_path, serve_listener
+    from curator.integrations.argilla.listen import Listener, default_log_path
+    from curator.integrations.argilla.webhook import serve_listener
 
     policy = retry_policy(retries, retry_delay)
     client = client_from(api_url, api_key, data_dir)
-    listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or default_log_path(dataset), retry=policy)
+    listener = Listener(client, dataset, workspace=workspace, k=k, weight=weight, log_path=log_file or default_log_path(dataset), retry=policy, workers=workers)
     r = listener.rebuilt
     votes = ", ".join(f"{s} {n}" for s, n in sorted(r["tally"].items(), key=lambda x: (-x[1], x[0]))) or "no votes yet"
     click.echo(f"tally rebuilt from the server: {r['submitted_responses']} submitted responses in {r['records']} records; votes: {votes}")

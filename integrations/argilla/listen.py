@@ -12,38 +12,46 @@ keep its index of records current. For each response event on its dataset it:
 2. finds the k nearest records in gradient space (a FAISS inner-product search over the records'
    ``gradient`` vectors) that are still pending (no submitted response). A record it did not know
    (pushed after it started) makes it reload the records, so new records are searched too;
-3. re-ranks each such neighbour's ranking suggestion: a candidate's new score is its curator score
-   (``score_i``, the z-scored combination of alignment and influence) plus ``weight`` times its
-   strategy's preference, the tally share minus the uniform share, so a strategy annotators keep
-   picking rises in the records they see next.
+3. queues those neighbours for re-ranking and logs the event (one line with ``seq`` and ``queued``),
+   then answers the webhook: counting never waits for the re-ranking;
+4. a re-ranker (``flush``, run by a worker thread beside the web server) takes everything queued at
+   once, so a record queued by several events is re-ranked once, with the tally as it is then. A
+   candidate's new score is its curator score (``score_i``, the z-scored combination of alignment
+   and influence) plus ``weight`` times its strategy's preference, the tally share minus the uniform
+   share, so a strategy annotators keep picking rises in the records they see next. The writes go
+   out ``workers`` at a time; one whose order is unchanged and whose scores moved less than
+   ``SCORE_TOLERANCE`` is not sent. Each flush logs a ``flush`` line whose ``through`` is the last
+   ``seq`` whose re-ranking is complete.
 
 At start it rebuilds the tally from every record's responses, read as pull reads them (each record
-exactly once, checked against the server's count), so a restart loses nothing. Every request goes
-through ``with_retry`` with the listener's policy (a 5xx answer is transient, as a dropped
-connection is); a failure that outlasts it is answered with a 500, so the server redelivers the
-event later, and applying it again changes no vote. Every change is appended to a JSONL log (time,
-event, record, annotator, votes, tally, neighbour, old and new ranking).
+exactly once, checked against the server's count), so a restart loses nothing. The same read takes
+each record's ranking suggestion (the ``old_ranking`` of the log), and re-queues the neighbours the
+previous run logged as queued but never flushed. Every request goes through ``with_retry`` with the
+listener's policy (a 5xx answer is transient, as a dropped connection is). A failure while counting
+is answered with a 500, so the server redelivers the event later, and applying it again changes no
+vote; a re-ranking write that still fails stays queued and is tried again at the next flush. Every
+change is appended to a JSONL log (time, event, record, annotator, votes, tally, neighbour, old and
+new ranking), synced once per event and once per flush.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
-import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from curator.errors import InputError
 from curator.io.paths import safe_name
 from curator.integrations.argilla.client import ArgillaError, RetryPolicy, with_retry
-from curator.integrations.argilla.mapping import AGENT, RANKING, VECTOR, describe, n_slots_of, slot, suggestion_score
+from curator.integrations.argilla.mapping import AGENT, RANKING, VECTOR, describe, n_slots_of
 from curator.integrations.argilla.pull import PAGE_MAX, READS
+from curator.integrations.argilla.listen_log import append_log, unflushed
 from curator.integrations.argilla.push import find_dataset
+from curator.integrations.argilla.rerank import SCORE_TOLERANCE, Reranking  # noqa: F401  (re-exported)
 from curator.integrations.argilla.tally import Tally, adjusted_scores, counted_votes, rerank, slot_strategies, stamp_of, top_slot, top_strategy  # noqa: F401  (re-exported)
 
 RESPONSE_EVENTS = ["response.created", "response.updated", "response.deleted"]
@@ -67,21 +75,31 @@ def _server_clock(resp: Any) -> datetime | None:
         return None
 
 
+def _delay(timestamp: Any) -> float | None:
+    """Seconds from the event (the server's timestamp of it) to now: how far behind the delivery is."""
+    stamp = stamp_of(timestamp)
+    if stamp is None:
+        return None
+    return round((datetime.now(timezone.utc).replace(tzinfo=None) - stamp[0]).total_seconds(), 3)
+
+
 def default_log_path(dataset: str) -> Path:
     """``listen-<dataset>.log.jsonl`` in the working directory; a dataset name with ``/`` or ``..`` cannot move it."""
     return Path(f"listen-{safe_name(dataset)}.log.jsonl")
 
 
-class Listener:
+class Listener(Reranking):
     """State of the loop for one dataset: its records' vectors in FAISS, the tally, the log.
 
     ``rebuilt`` is what the start read found: records, submitted responses and the tally.
     """
 
-    def __init__(self, client: Any, dataset: str, workspace: str = "curator", k: int = 5, weight: float = 1.0, log_path: str | Path = "listen.log.jsonl", retry: RetryPolicy | None = None) -> None:
+    def __init__(self, client: Any, dataset: str, workspace: str = "curator", k: int = 5, weight: float = 1.0, log_path: str | Path = "listen.log.jsonl", retry: RetryPolicy | None = None, workers: int = 4) -> None:
         if k < 1:
             raise InputError(f"--neighbours {k} is invalid: use an integer >= 1")
-        self.client, self.k, self.weight, self.log_path = client, k, weight, Path(log_path)
+        if not isinstance(workers, int) or workers < 1:
+            raise InputError(f"--workers {workers} is invalid: use an integer >= 1 (re-ranking writes in flight)")
+        self.client, self.k, self.weight, self.log_path, self.workers = client, k, weight, Path(log_path), workers
         self.retry = retry or RetryPolicy()  # every request the listener makes (--retries, --retry-delay)
         ds = find_dataset(client, dataset, workspace, policy=self.retry)
         if ds is None:
@@ -99,15 +117,25 @@ class Listener:
         self.index: Any = None
         self._index_ids: list[str] = []
         self._index_stale = True
-        self._rerank_owed = False  # a tally change whose re-ranking has not completed yet
-        self._lock = threading.Lock()
+        self._rerank_owed = False  # a tally change whose neighbours have not been queued yet
+        self.suggested: dict[str, tuple[list[str], list[float] | None]] = {}  # record → its ranking suggestion (slots, scores) as last read or written
+        self.queue: dict[str, tuple[int, dict[str, Any]]] = {}  # neighbour → (seq, the event that last queued it)
+        self.seq = 0  # events counted this run; the log's ``seq``
+        self._lock = threading.Lock()  # the state: tally, records, index, queue
+        self._flushing = threading.Lock()  # one flush at a time
+        self.wake = threading.Event()  # set when something is queued
+        owed = unflushed(self.log_path)
         records, clock = self.read_records()
         self.tally = Tally(floor=clock)
         for rec in records:
             self._learn(rec)
         self._build_index()
         self.rebuilt = {"records": len(records), "submitted_responses": len(self.tally.entries()), "tally": self.tally.as_dict()}
-        self._log({"event": "start", "action": "tally rebuilt from the server", **self.rebuilt})
+        owed = [rid for rid in owed if rid in self.meta]
+        for rid in owed:
+            self.queue[rid] = (0, {"event": "requeued", "record": None, "action": "queued by the previous run, never written"})
+        self.wake.set() if owed else None
+        self._log({"event": "start", "action": "tally rebuilt from the server", **self.rebuilt, "seq": 0, "queued": owed})
 
     @property
     def ids(self) -> list[str]:
@@ -130,7 +158,7 @@ class Listener:
         return with_retry(go, self.client, action, policy=self.retry)
 
     def read_records(self, consistent: bool = True) -> tuple[list[dict[str, Any]], datetime | None]:
-        """Every record (metadata, gradient vector, responses with their ``updated_at``) as the API
+        """Every record (metadata, gradient vector, suggestions, responses with their ``updated_at``) as the API
         returns it, and the server's clock when the read began.
 
         ``consistent``: each record exactly once, in as many records as the server counted on every
@@ -144,7 +172,7 @@ class Listener:
             clock = None
             while True:
                 resp = self._call("get", f"/api/v1/datasets/{self.dataset.id}/records", f"reading the records of dataset {self.dataset.name!r}",
-                                  params={"offset": len(out), "limit": PAGE_MAX, "include": ["responses", f"vectors:{VECTOR}"]})
+                                  params={"offset": len(out), "limit": PAGE_MAX, "include": ["responses", "suggestions", f"vectors:{VECTOR}"]})
                 clock = clock or _server_clock(resp)
                 body = resp.json()
                 out.extend(body["items"])
@@ -157,18 +185,26 @@ class Listener:
             seen = f"the server counted {sorted(totals)} records during the read, {distinct} distinct read"
         raise ArgillaError(f"the records of dataset {self.dataset.name!r} kept changing during {READS} reads ({seen}): rerun listen once the push or delete has finished")
 
+    def _ranking_of(self, suggestions: list[dict[str, Any]] | None) -> tuple[list[str], list[float] | None] | None:
+        """The ranking suggestion (slots best first, their scores) among a record's suggestions."""
+        for item in suggestions or []:
+            if str(item.get("question_id")) == str(self.ranking_question):
+                value = [v.get("value") if isinstance(v, dict) else v for v in item.get("value") or []]
+                score = item.get("score")
+                return value, (list(score) if isinstance(score, list) else None)
+        return None
+
     def ranking_suggestion(self, record_id: str) -> list[str] | None:
         """The record's current ranking suggestion (slot names, best first), read from the server."""
         resp = self._call("get", f"/api/v1/records/{record_id}/suggestions", f"reading suggestions of {record_id}")
-        for item in resp.json().get("items", []):
-            if str(item.get("question_id")) == str(self.ranking_question):
-                return [v.get("value") if isinstance(v, dict) else v for v in item.get("value") or []]
-        return None
+        found = self._ranking_of(resp.json().get("items", []))
+        return None if found is None else found[0]
 
     def put_ranking(self, record_id: str, value: list[str], scores: list[float]) -> None:
         """Replace the record's ranking suggestion (explicit ranks: the REST API wants them)."""
         body = {"question_id": str(self.ranking_question), "type": "model", "value": [{"value": name, "rank": k + 1} for k, name in enumerate(value)], "score": scores, "agent": AGENT}
         self._call("put", f"/api/v1/records/{record_id}/suggestions", f"updating suggestions of {record_id}", json=body)
+        self.suggested[record_id] = (list(value), list(scores))
 
     # ------------------------------------------------------------------ state
 
@@ -182,6 +218,12 @@ class Listener:
         if rid not in self.meta:
             self._index_stale = True
         self.meta[rid] = dict(rec.get("metadata") or {})
+        if "suggestions" in rec:
+            found = self._ranking_of(rec.get("suggestions"))
+            if found is None:
+                self.suggested.pop(rid, None)
+            else:
+                self.suggested[rid] = found
         vec = _unit((rec.get("vectors") or {}).get(VECTOR))
         if vec is not None:
             if rid not in self.vectors or not np.array_equal(self.vectors[rid], vec):
@@ -203,6 +245,8 @@ class Listener:
         """Drop a deleted record; True if that changed the votes."""
         self._index_stale |= self.meta.pop(record_id, None) is not None
         self.vectors.pop(record_id, None)
+        self.suggested.pop(record_id, None)
+        self.queue.pop(record_id, None)
         self.unknown.discard(record_id)
         return self.tally.drop_record(record_id)
 
@@ -253,12 +297,8 @@ class Listener:
                     break
         return out
 
-    def _log(self, entry: dict[str, Any]) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+    def _log(self, *entries: dict[str, Any]) -> None:
+        append_log(self.log_path, *entries)
 
     def log_failure(self, event_type: str, data: dict[str, Any], exc: BaseException) -> None:
         """Log an event whose handling failed (the server is answered 500 and redelivers it)."""
@@ -268,13 +308,22 @@ class Listener:
     # ------------------------------------------------------------------ events
 
     def handle(self, data: dict[str, Any], event_type: str, timestamp: Any = None) -> list[dict[str, Any]]:
-        """Process one event's payload (``timestamp``: the event's time, which stamps a deletion);
-        return the neighbour changes made (also logged). Handling the same event again changes no vote."""
+        """Count one event (``accept``) and re-rank what it queued (``flush``); the neighbour re-rankings
+        made (also logged). Handling the same event again changes no vote."""
+        self.accept(data, event_type, timestamp)
+        return self.flush()
+
+    def accept(self, data: dict[str, Any], event_type: str, timestamp: Any = None) -> list[str]:
+        """Count one event's payload (``timestamp``: the event's time, which stamps a deletion), log it,
+        and queue its pending neighbours for re-ranking; the neighbours queued. No suggestion is written."""
         with self._lock:
             if event_type in RECORD_EVENTS:
                 self._record_event(data, event_type)
                 return []
-            return self._response_event(data, event_type, timestamp)
+            queued = self._response_event(data, event_type, timestamp)
+        if queued:
+            self.wake.set()
+        return queued
 
     def _record_event(self, data: dict[str, Any], event_type: str) -> None:
         rid = str(data.get("id"))
@@ -320,74 +369,11 @@ class Listener:
         if not submitted and not self._rerank_owed:
             self._log({**base, "action": "no change (not submitted)", "tally": self.tally.as_dict()})
             return []
-        changes = self._rerank_neighbours(rid, base)
+        found = self.neighbours(rid)
         self._rerank_owed = False
-        return changes
-
-    def _rerank_neighbours(self, rid: str, base: dict[str, Any]) -> list[dict[str, Any]]:
-        changes = []
-        for nb in self.neighbours(rid):
-            info = slot_strategies(self.meta.get(nb, {}))
-            if not info:
-                continue
-            old = self.ranking_suggestion(nb)
-            pref = self.tally.preference(sorted({i["strategy"] for i in info.values() if i["strategy"]}))
-            adjusted = adjusted_scores(info, pref, self.weight)
-            new = rerank(info, pref, self.weight)
-            empty = [slot(i) for i in range(1, self.n_slots + 1) if slot(i) not in info]  # placeholders rank last
-            value = new + empty
-            self.put_ranking(nb, value, [suggestion_score(adjusted[s]) for s in new] + [0.0] * len(empty))
-            change = {**base, "tally": self.tally.as_dict(), "neighbour": nb, "old_ranking": old, "new_ranking": value}
-            self._log(change)
-            changes.append(change)
-        if not changes:
-            self._log({**base, "tally": self.tally.as_dict(), "action": "no pending neighbour"})
-        return changes
-
-
-def build_app(listener: Listener, public_url: str, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Any:
-    """A FastAPI app with the webhook registered on the server for ``public_url``.
-
-    The endpoint answers 500 only when handling failed (after the listener's retries), so the
-    server's redelivery is the fallback; ``on_event(type, data)`` is called after each handled event.
-    """
-    import warnings
-
-    import argilla as rg
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
-
-    url = public_url.rstrip("/")
-    os.environ["WEBHOOK_SERVER_URL"] = url
-    app = FastAPI()
-
-    async def curator_listen(event: Any) -> Any:
-        kind = str(getattr(event.type, "value", event.type))
-        try:
-            await run_in_threadpool(listener.handle, event.data, kind, event.timestamp)
-        except Exception as exc:  # logged for the operator; the 500 makes the server redeliver later
-            listener.log_failure(kind, event.data, exc)
-            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"[:500]}, status_code=500)
-        if on_event is not None:
-            on_event(kind, event.data)
-        return None
-
-    def register() -> None:
-        for hook in list(listener.client.webhooks):  # this URL's webhook from an older listener (other events): it would fail our signature check
-            if hook.url == f"{url}/{curator_listen.__name__}" and [str(getattr(e, "value", e)) for e in hook.events] != EVENTS:
-                hook.delete()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Found existing webhook": reusing it is intended
-            rg.webhook_listener(events=EVENTS, client=listener.client, server=app, raw_event=True)(curator_listen)
-
-    with_retry(register, listener.client, "registering the webhook (this needs an owner's API key)", policy=listener.retry)
-    return app
-
-
-def serve_listener(listener: Listener, host: str = "127.0.0.1", port: int = 8000, public_url: str | None = None) -> None:
-    """Run the listener in the foreground until interrupted; the server posts events to ``public_url``."""
-    import uvicorn
-
-    url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    uvicorn.run(build_app(listener, url), host=host, port=port, log_level="warning")
+        self.seq += 1
+        for nb in found:
+            self.queue[nb] = (self.seq, base)
+        action = "counted; neighbours queued" if found else "counted; no pending neighbour"
+        self._log({**base, "action": action, "tally": self.tally.as_dict(), "seq": self.seq, "queued": found, "delay_s": _delay(timestamp)})
+        return found

@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from curator.integrations.argilla.listen import Listener, build_app
+from curator.integrations.argilla.listen import Listener
+from curator.integrations.argilla.webhook import build_app
 from curator.integrations.argilla.pull import pull
 
 WAIT_S = 60.0  # how long a test waits for the server's webhook worker before it fails (never a timing assertion)
@@ -41,18 +42,23 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> An
 class Events:
     """The events the listener's webhook handled, as (type, payload), in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, listener: Listener | None = None) -> None:
         self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.listener = listener
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         self.seen.append((kind, data))
 
-    def wait(self, kind: str, obj_id: str) -> dict[str, Any]:
-        """The payload of the first handled ``kind`` event about response or record ``obj_id``."""
+    def wait(self, kind: str, obj_id: str, settled: bool = True) -> dict[str, Any]:
+        """The payload of the first handled ``kind`` event about response or record ``obj_id``; with
+        ``settled``, once the re-rankings it queued are written too (the listener's queue is empty)."""
         def found() -> dict[str, Any] | None:
             return next((d for k, d in list(self.seen) if k == kind and str(d.get("id")) == str(obj_id)), None)
 
-        return wait_for(found, f"the listener to handle {kind} {obj_id}")
+        got = wait_for(found, f"the listener to handle {kind} {obj_id}")
+        if settled and self.listener is not None:
+            wait_for(self.listener.settled, f"the listener to write the re-rankings {kind} {obj_id} queued")
+        return got
 
 
 @contextlib.contextmanager
@@ -60,7 +66,7 @@ def running(listener: Listener) -> Iterator[Events]:
     """The listener's webhook served on a free port and registered on the server; unregistered at the end."""
     import uvicorn
 
-    events = Events()
+    events = Events(listener)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = uvicorn.Server(uvicorn.Config(build_app(listener, url, on_event=events), host="127.0.0.1", port=port, log_level="warning"))
@@ -143,4 +149,11 @@ def recount(client: Any, dataset: str, workspace: str, out: Path) -> Counter:
 
 
 def log_entries(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The listener's log, skipping a line a kill tore (the listener ends it before writing on)."""
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out

@@ -86,11 +86,12 @@ def test_tally_equals_the_recount_after_redelivery_edit_discard_and_delete(demo_
     assert log_entries(log)[-1]["tally"] == {}
 
 
-def test_a_failed_delivery_answers_500_and_the_servers_redelivery_counts_once(demo_set: dict[str, Any], argilla_server: Any, argilla_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Re-ranking fails after the listener's retries: the webhook answers 500, the server redelivers
-    (10 s later, its first retry), and the redelivery re-ranks without counting the vote again."""
+def test_a_failed_rerank_write_stays_queued_and_is_written_when_the_server_is_back(demo_set: dict[str, Any], argilla_server: Any, argilla_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-ranking writes fail after the listener's retries: the event is counted all the same (counting
+    never waits for re-ranking), the failure is logged, the neighbours stay queued, and the re-ranker
+    writes them once the server answers again."""
     ws = "curator"
-    name = _dataset(demo_set, argilla_client, "redeliver")
+    name = _dataset(demo_set, argilla_client, "requeue")
     log = tmp_path / "listen.jsonl"
     listener = Listener(argilla_client, name, workspace=ws, k=2, log_path=log, retry=RetryPolicy(attempts=2, base_delay=0.0))
     http = argilla_client.api.http_client
@@ -107,15 +108,84 @@ def test_a_failed_delivery_answers_500_and_the_servers_redelivery_counts_once(de
         rid = listener.ids[0]
         _, key = make_annotator(argilla_server, argilla_client, f"ann-{uuid.uuid4().hex[:6]}", ws)
         resp = answer(argilla_server, key, rid, "submitted", ranking_with(listener, rid, "cot"), best="cot")
+        events.wait("response.created", resp["id"], settled=False)
+        assert listener.tally.votes == recount(argilla_client, name, ws, tmp_path / "pulled.jsonl") == {"cot": 2}
+        failed = wait_for(lambda: [e for e in log_entries(log) if e["event"] == "flush" and e.get("failed")], "the failed flush's log entry")[0]
+        assert failed["failed"] == 2 and failed["through"] == 0 and "updating suggestions of" in failed["error"] and "gave up after 2 attempts" in failed["error"]
+        assert len(puts) >= 4 and listener.pending() == 2  # 2 neighbours × 2 attempts, still queued
+        assert not [e for e in log_entries(log) if "neighbour" in e]
+        down["on"] = False
+        wait_for(listener.settled, "the re-ranker to write the queued neighbours")
+        changes = [e for e in log_entries(log) if "neighbour" in e]
+        assert len(changes) == 2 and all(e["tally"] == {"cot": 2} and e["votes"] == ["cot", "cot"] and e["record"] == rid and e["written"] for e in changes)
+        assert [listener.ranking_suggestion(e["neighbour"]) for e in changes] == [e["new_ranking"] for e in changes]
+        assert log_entries(log)[-1]["event"] == "flush" and log_entries(log)[-1]["through"] == 1 and not log_entries(log)[-1]["failed"]
+        assert listener.tally.votes == recount(argilla_client, name, ws, tmp_path / "pulled.jsonl") == {"cot": 2}
+
+
+def test_a_failed_count_answers_500_and_the_servers_redelivery_counts_once(demo_set: dict[str, Any], argilla_server: Any, argilla_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting needs a read (a record it has not read yet): that read fails after the retries, the
+    webhook answers 500, the server redelivers (10 s later, its first retry), and the redelivery
+    queues the re-ranking without counting the vote again."""
+    ws = "curator"
+    name = _dataset(demo_set, argilla_client, "redeliver")
+    log = tmp_path / "listen.jsonl"
+    listener = Listener(argilla_client, name, workspace=ws, k=2, log_path=log, retry=RetryPolicy(attempts=2, base_delay=0.0))
+    http = argilla_client.api.http_client
+    real_get, down, reads = http.get, {"on": True}, []
+
+    def get(url: str, *args: Any, **kwargs: Any) -> Any:
+        if url.endswith("/records"):
+            reads.append(url)
+            if down["on"]:
+                return httpx.Response(500, json={"detail": "database is locked"}, request=httpx.Request("GET", url))
+        return real_get(url, *args, **kwargs)
+
+    monkeypatch.setattr(http, "get", get)
+    with running(listener) as events:
+        rid = listener.ids[0]
+        listener.unknown.add("announced-not-read")  # as after a record.created: the next neighbour search reads the records again
+        _, key = make_annotator(argilla_server, argilla_client, f"ann-{uuid.uuid4().hex[:6]}", ws)
+        resp = answer(argilla_server, key, rid, "submitted", ranking_with(listener, rid, "cot"), best="cot")
         failed = wait_for(lambda: [e for e in log_entries(log) if "error" in e], "the failed delivery's log entry")
-        assert len(puts) == 2 and "updating suggestions of" in failed[0]["error"] and "gave up after 2 attempts" in failed[0]["error"]
-        assert listener.tally.votes == {"cot": 2}  # counted before the re-ranking failed
+        assert len(reads) == 2 and "reading the records of dataset" in failed[0]["error"] and "gave up after 2 attempts" in failed[0]["error"]
+        assert listener.tally.votes == {"cot": 2}  # counted before the read failed
         down["on"] = False
         events.wait("response.created", resp["id"])  # the server's redelivery, handled
         assert listener.tally.votes == recount(argilla_client, name, ws, tmp_path / "pulled.jsonl") == {"cot": 2}
         changes = [e for e in log_entries(log) if "neighbour" in e]
         assert len(changes) == 2 and all(e["tally"] == {"cot": 2} and e["votes"] == ["cot", "cot"] for e in changes)
         assert [listener.ranking_suggestion(e["neighbour"]) for e in changes] == [e["new_ranking"] for e in changes]
+
+
+def test_rerankings_a_killed_run_queued_are_written_by_the_next_start(demo_set: dict[str, Any], argilla_server: Any, argilla_client: Any, tmp_path: Path) -> None:
+    """The log says which re-rankings were queued and never flushed (``seq`` above the last flush's
+    ``through``); the next start queues them again and writes them with the rebuilt tally."""
+    ws = "curator"
+    name = _dataset(demo_set, argilla_client, "unflushed")
+    log = tmp_path / "listen.jsonl"
+    first = Listener(argilla_client, name, workspace=ws, k=2, log_path=log, retry=RetryPolicy(attempts=2, base_delay=0.0))
+    ids = first.ids
+    # what a run killed mid-flush leaves: event 1's neighbours flushed, event 2's queued only, a torn last line
+    with log.open("a") as fh:
+        fh.write('{"event": "response.created", "record": "%s", "seq": 1, "queued": ["%s"]}\n' % (ids[0], ids[1]))
+        fh.write('{"event": "flush", "through": 1}\n')
+        fh.write('{"event": "response.created", "record": "%s", "seq": 2, "queued": ["%s", "%s"]}\n' % (ids[0], ids[2], ids[3]))
+        fh.write('{"event": "response.upd')
+    from curator.integrations.argilla.listen_log import unflushed
+
+    assert unflushed(log) == [ids[2], ids[3]]
+    _, key = make_annotator(argilla_server, argilla_client, f"ann-{uuid.uuid4().hex[:6]}", ws)
+    answer(argilla_server, key, ids[0], "submitted", ranking_with(first, ids[0], "cot"), best="cot")
+    second = Listener(argilla_client, name, workspace=ws, k=2, weight=5.0, log_path=log, retry=RetryPolicy(attempts=2, base_delay=0.0))
+    start = log_entries(log)[-1]
+    assert start["event"] == "start" and start["queued"] == [ids[2], ids[3]] and start["tally"] == {"cot": 2}
+    assert second.pending() == 2
+    written = second.flush()
+    assert [e["neighbour"] for e in written] == [ids[2], ids[3]] and all(e["written"] and e["tally"] == {"cot": 2} for e in written)
+    for e in written:
+        assert second.ranking_suggestion(e["neighbour"]) == e["new_ranking"] and e["new_ranking"][0] == ranking_with(second, e["neighbour"], "cot")[0]
+    assert unflushed(log) == []  # a third start re-queues nothing
 
 
 def _listen(name: str, server: Any, port: int, log: Path, out: Path) -> subprocess.Popen:

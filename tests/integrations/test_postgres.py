@@ -317,3 +317,125 @@ def test_a_data_dir_the_postgres_user_cannot_enter_is_refused() -> None:
         pg.check_reachable(base / "data", pg.run_as())  # an open path passes
     finally:
         shutil.rmtree(base)
+
+
+# ------------------------------------------------------------------------ the listener under load
+LOAD_ANNOTATORS = 8  # concurrent annotators for the listener's load test
+LOAD_SUBMITS = 5  # submissions each one makes; every third is then edited
+
+
+@pytest.mark.argilla
+def test_listen_killed_and_restarted_mid_load_counts_right(pg_server: ServerInfo, tmp_path: Path) -> None:
+    """A team submits and edits through the UI's endpoints while `curator argilla listen` runs as its
+    own process; it is killed (SIGKILL) after a third of the writes and started again. No 5xx, every
+    acknowledged answer pulled as last acknowledged, the restarted listener's tally equals the recount
+    from pull, every re-ranking it queued is written, and a fresh start rebuilds the same tally."""
+    from curator.integrations.argilla.listen import Listener
+    from tests.integrations.listening import drop_webhooks, free_port, log_entries, recount, wait_for
+    from tests.integrations.test_listen_tally import _kill, _listen, _serving
+
+    name = f"load-{uuid.uuid4().hex[:6]}"
+    client = sdk(pg_server)
+    cands = big_candidates(tmp_path / "cands.jsonl")
+    push(cands, None, name, WS, client=client, store=_RandomStore([c.id for c in cands]), batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds_id = str(client.datasets(name=name, workspace=WS).id)
+    suffix = uuid.uuid4().hex[:6]
+    team = [make_annotator(pg_server, client, f"l{i}-{suffix}", WS) for i in range(LOAD_ANNOTATORS)]
+    log, out, port = tmp_path / "listen.jsonl", tmp_path / "listen.out", free_port()
+    procs = [_listen(name, pg_server, port, log, out)]
+    wait_for(lambda: _serving(procs[-1], port, out), "the listener to serve")
+
+    writes: list[tuple[str, str, str, int, list[str]]] = []  # (user id, record's external id, queue|submit|update, status, ranking)
+    lock, start = threading.Lock(), threading.Barrier(LOAD_ANNOTATORS + 1)
+    killed = threading.Event()
+    queue_filter = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
+                                        {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]}]}}
+
+    def annotate(k: int, user_id: str, key: str) -> None:
+        rng = np.random.default_rng(k)
+        with httpx.Client(base_url=pg_server.url, headers={"X-Argilla-Api-Key": key}, timeout=120) as http:
+            start.wait()
+            for j in range(LOAD_SUBMITS):
+                page = http.post(f"/api/v1/me/datasets/{ds_id}/records/search", params={"include": [], "limit": 50}, json=queue_filter)
+                with lock:
+                    writes.append((user_id, "", "queue", page.status_code, []))
+                items = page.json()["items"] if page.status_code == 200 else []
+                if not items:
+                    return
+                rec = items[int(rng.integers(len(items)))]["record"]
+                rid, ext = rec["id"], str(rec.get("external_id") or rec["id"])  # pull names records by external id
+                ranking = [f"candidate_{i}" for i in rng.permutation(4) + 1]
+                body = {"status": "submitted", "values": {"ranking": {"value": [{"value": s, "rank": r + 1} for r, s in enumerate(ranking)]},
+                                                          "best_strategy": {"value": str(rng.choice(["direct", "cot", "clarify", "evaluate"]))}}}
+                sent = http.post(f"/api/v1/records/{rid}/responses", json=body)
+                with lock:
+                    writes.append((user_id, ext, "submit", sent.status_code, ranking))
+                if sent.status_code == 201 and j % 3 == 2:
+                    edited = ranking[1:] + ranking[:1]
+                    body["values"]["ranking"]["value"] = [{"value": s, "rank": r + 1} for r, s in enumerate(edited)]
+                    put = http.put(f"/api/v1/responses/{sent.json()['id']}", json=body)
+                    with lock:
+                        writes.append((user_id, ext, "update", put.status_code, edited))
+                if k == 0 and j == LOAD_SUBMITS // 3:
+                    killed.wait(120)  # annotator 0 pauses until the listener is down, so writes land while it is
+
+    threads = [threading.Thread(target=annotate, args=(k, uid, key)) for k, (uid, key) in enumerate(team)]
+    try:
+        for t in threads:
+            t.start()
+        start.wait()
+        wait_for(lambda: sum(1 for w in list(writes) if w[2] == "submit") >= LOAD_ANNOTATORS * LOAD_SUBMITS // 3, "a third of the submissions")
+        _kill(procs[-1])
+        killed.set()
+        procs.append(_listen(name, pg_server, port, log, out))
+        wait_for(lambda: _serving(procs[-1], port, out), "the restarted listener to serve")
+        for t in threads:
+            t.join(timeout=300)
+        assert not [w for w in writes if w[3] >= 500], [w for w in writes if w[3] >= 500][:3]
+        assert all(w[3] in (200, 201) for w in writes), [w for w in writes if w[3] not in (200, 201)][:3]
+
+        expected = dict(sorted(recount(client, name, WS, tmp_path / "pulled.jsonl").items()))
+        last_acked = {(u, r): rk for u, r, kind, _, rk in writes if kind != "queue"}
+        rows = [json.loads(x) for x in (tmp_path / "pulled.jsonl").read_text().splitlines()]
+        pulled = {(a["user_id"], r["record_id"]): [x["slot"] for x in a["ranking"]] for r in rows for a in r["annotations"]}
+        assert pulled == last_acked  # every acknowledged answer, as last acknowledged, and nothing else
+
+        def counted() -> dict | None:  # the tally of the last event line (flush lines carry the tally as the flush began)
+            lines = [e for e in log_entries(log) if "neighbour" not in e and e.get("event") != "flush" and "tally" in e]
+            return lines[-1]["tally"] if lines else None
+
+        wait_for(lambda: counted() == expected, f"the restarted listener's tally to reach the recount {expected}")
+        starts = [e for e in log_entries(log) if e["event"] == "start"]
+        assert len(starts) == 2 and starts[1]["submitted_responses"] >= starts[0]["submitted_responses"]
+
+        def flushed() -> bool:
+            entries = log_entries(log)
+            last_start = max(i for i, e in enumerate(entries) if e["event"] == "start")
+            run = entries[last_start:]
+            top = max([e["seq"] for e in run if isinstance(e.get("seq"), int) and e.get("queued")] + [0])
+            return any(e["event"] == "flush" and e["through"] >= top for e in run) or top == 0
+
+        wait_for(flushed, "the restarted listener to write every re-ranking it queued")
+        fresh = Listener(client, name, workspace=WS, log_path=tmp_path / "fresh.jsonl")
+        assert fresh.rebuilt["tally"] == expected and fresh.rebuilt["submitted_responses"] == len(last_acked)
+    finally:
+        killed.set()
+        for proc in procs:
+            if proc.poll() is None:
+                _kill(proc)
+        drop_webhooks(client, f"http://127.0.0.1:{port}")
+
+
+class _RandomStore:
+    """What push reads of a gradient store: seeded random vectors, one per candidate (the listener's neighbours)."""
+
+    def __init__(self, ids: list[str], dim: int = 16) -> None:
+        self.ids_, self.dim, self.path, self.manifest = ids, dim, "random-store", {"role": "candidates"}
+
+    def ids(self) -> list[str]:
+        return self.ids_
+
+    def vectors(self) -> np.ndarray:
+        return np.random.default_rng(0).standard_normal((len(self.ids_), self.dim)).astype(np.float32)

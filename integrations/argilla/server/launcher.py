@@ -8,12 +8,12 @@ Run with the server virtualenv's python, never imported by curator::
 
 argilla-server has no plug-in entry point for search engines, so the engine module must be imported in
 the very process that serves requests or runs jobs; this script does that, then hands over to uvicorn
-(``argilla_server:app``) or to an rq worker on the server's queues (what ``python -m argilla_server
-worker`` does, with one worker instead of a pool, and with rq's scheduler for delayed webhook retries).
+(``argilla_server:app``) or to rq workers on the server's queues (what ``python -m argilla_server
+worker`` does, with rq's scheduler for delayed webhook retries).
 The configuration comes from the environment (``ARGILLA_*``, ``CURATOR_SEARCH_DB`` and
 ``CURATOR_DATABASE_SHOWN``, the database in words for messages).
 
-Three changes to the stock server, for a team on one server:
+Four changes to the stock server, for a team on one server:
 
 - ``prepare`` puts a SQLite database in WAL mode (persistent in the file: readers no longer block the
   writer).
@@ -26,6 +26,12 @@ Three changes to the stock server, for a team on one server:
 - The app answers a request that failed because its database is down with 503 and a detail naming
   the database, instead of a bare 500, so that clients (curator's push and pull show the server's
   detail) can say what to restart.
+- Background jobs (webhook deliveries, record status) run in ``CURATOR_ARGILLA_WORKERS`` worker
+  processes (default 2) that do not fork per job. rq's stock worker forks a child for every job, which
+  cost about 0.3 s each here, so webhooks reached ``curator argilla listen`` at about 3 a second, fewer
+  than 20 annotators submit: its lag grew with the load. Each worker runs every job's coroutine on one
+  event loop of its own (rq 1.16 makes a new loop per job and never closes it), so the database
+  engine's pooled connections stay on the loop they were made on.
 """
 
 from __future__ import annotations
@@ -148,6 +154,28 @@ def _database_down_answers(api: Any) -> None:
     api.add_exception_handler(Exception, handler)
 
 
+WORKERS_ENV = "CURATOR_ARGILLA_WORKERS"
+DEFAULT_WORKERS = 2
+
+
+def _loop_job_class() -> Any:
+    """rq's Job, with every coroutine job of this process run on one event loop, kept for the process."""
+    from rq.job import Job
+
+    class LoopJob(Job):
+        loop: Optional[asyncio.AbstractEventLoop] = None
+
+        def _execute(self) -> Any:
+            result = self.func(*self.args, **self.kwargs)
+            if not asyncio.iscoroutine(result):
+                return result
+            if LoopJob.loop is None:
+                LoopJob.loop = asyncio.new_event_loop()
+            return LoopJob.loop.run_until_complete(result)
+
+    return LoopJob
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     roles = parser.add_subparsers(dest="role", required=True)
@@ -172,9 +200,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         uvicorn.run(server_app, host=args.host, port=args.port)
     else:
         from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
-        from rq import Worker
+        from rq import SimpleWorker
 
-        Worker([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION).work(with_scheduler=True)
+        workers = int(os.environ.get(WORKERS_ENV) or DEFAULT_WORKERS)
+        job_class = _loop_job_class()
+        if workers <= 1:
+            SimpleWorker([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION, job_class=job_class).work(with_scheduler=True)
+        else:
+            from rq.worker_pool import WorkerPool
+
+            WorkerPool([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION, num_workers=workers, worker_class=SimpleWorker, job_class=job_class).start()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import postgres, processes
+from curator.errors import InputError
+
 from .database import SQLITE_TIMEOUT_S, Database, redact, remember, resolve
 from .env import ArgillaServerError, Progress, child_env, ensure_server_env, file_lock
 
@@ -84,6 +86,19 @@ class ServerStatus:
 
 
 # ------------------------------------------------------------------------------------ helpers
+WORKERS_ENV = "CURATOR_ARGILLA_WORKERS"  # the server's background worker processes (launcher.py reads it)
+
+
+def workers_env() -> Optional[int]:
+    """``CURATOR_ARGILLA_WORKERS`` checked before anything starts (None when unset)."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise InputError(f"{WORKERS_ENV}={raw!r} is invalid: set an integer from 1 to 64 (the server's background worker processes), or unset it for 2")
+    return int(raw)
+
+
 def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -197,6 +212,7 @@ def serve(
     ``postgresql`` (a local PostgreSQL for a team); ``database_url``: an existing PostgreSQL instead.
     Left out, the directory's own database is used (SQLite for a new one).
     """
+    workers_env()
     redis = shutil.which("redis-server")
     if redis is None:
         raise ArgillaServerError("redis-server was not found on PATH; install it: apt-get install redis-server")
