@@ -15,7 +15,7 @@ from typing import Any
 from curator.integrations.argilla.mapping import slot, suggestion_score
 from curator.integrations.argilla.tally import adjusted_scores, rerank, slot_strategies
 
-SCORE_TOLERANCE = 0.01  # a re-ranking that keeps the order and moves no score by this much is not written
+SCORE_TOLERANCE = 0.05  # a re-ranking that keeps the order and moves no score by this much is not written (the order is what the UI pre-fills)
 
 
 class Reranking:
