@@ -56,3 +56,24 @@ def test_folder_swap_replaces_whole_and_a_failure_keeps_the_old(tmp_path: Path) 
         write_dir_atomic(out, boom)
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_written_files_and_folders_get_the_mode_open_and_mkdir_would(tmp_path: Path) -> None:
+    """mkstemp/mkdtemp make 0600/0700; an output shared with a team must not become private."""
+    import os
+    import stat
+
+    from curator.io.atomic import write_dir_atomic, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "report.md", "hello\n")
+        write_dir_atomic(tmp_path / "store", lambda d: (d / "part.npy").write_bytes(b"x"))
+        os.umask(0o077)
+        write_text_atomic(tmp_path / "private.md", "hello\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "private.md").stat().st_mode) == 0o600
+    assert (tmp_path / "report.md").read_text() == "hello\n" and (tmp_path / "store" / "part.npy").read_bytes() == b"x"

@@ -53,6 +53,13 @@ def sweep_stale(target: str | Path) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back: there is no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -68,6 +75,7 @@ def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None]) -> None:
     sweep_stale(target)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the mode a plain open() would
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
             fh.flush()
@@ -93,6 +101,7 @@ def write_dir_atomic(path: str | Path, writer: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700: give the mode a plain mkdir() would
     old: Path | None = None
     try:
         writer(tmp)
