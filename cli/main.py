@@ -334,9 +334,10 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
 
 
 @cli.command()
-@click.argument("candidates", type=click.Path(path_type=Path))
-@click.argument("eval_data", metavar="EVAL", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (created, or resumed if it holds a validate run).")
+@click.argument("candidates", required=False, type=click.Path(path_type=Path))
+@click.argument("eval_data", metavar="[EVAL]", required=False, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (created, or resumed if it holds a validate run, or with --suite a validate --suite run).")
+@click.option("--suite", type=click.Path(path_type=Path), default=None, help="A folder of task families, each a folder with candidates.jsonl and eval.jsonl: validate each into OUT/<family>/ with one budget, then write OUT/suite.md, suite.json and suite.png. Takes no CANDIDATES or EVAL.")
 @model_option
 @click.option("--strategies", multiple=True, help="Strategies to fine-tune, comma-separated or repeated (default: all in CANDIDATES).")
 @click.option("--steps", type=int, default=32, show_default=True, help="Optimizer steps per strategy and seed.")
@@ -358,18 +359,27 @@ def demo(ctx: click.Context, out: Path, model: str, dim: int, tasks: int | None,
 @click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True, help="Comma-separated module names that get LoRA.")
 @device_options
 @click.pass_context
-def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, model: str, strategies: tuple[str, ...], steps: int, lr: float, batch_size: int, examples: int | None, n_seeds: int, seed: int, max_length: int, measure: str, no_accuracy: bool, max_new_tokens: int, predictions: tuple[Path, ...], no_predict: bool, k: int, dim: int, lora_r: int, lora_alpha: int, lora_targets: str, **kw: object) -> None:
+def validate(ctx: click.Context, candidates: Path | None, eval_data: Path | None, out: Path, suite: Path | None, model: str, strategies: tuple[str, ...], steps: int, lr: float, batch_size: int, examples: int | None, n_seeds: int, seed: int, max_length: int, measure: str, no_accuracy: bool, max_new_tokens: int, predictions: tuple[Path, ...], no_predict: bool, k: int, dim: int, lora_r: int, lora_alpha: int, lora_targets: str, **kw: object) -> None:
     """Fine-tune on each strategy's candidates, measure on EVAL, and check curator's predicted rankings.
 
     Each strategy gets the same budget (examples, steps, lr, batch size, seed). The measured gain
     over the base model ranks the strategies; each predictor (influence, alignment metrics,
     perplexity, sappl) gets Spearman's rho and a top-1 check. Reruns skip finished runs.
+
+    With --suite DIR, every family folder in DIR (holding candidates.jsonl and eval.jsonl) is
+    validated with the same options into OUT/<family>/, and OUT/suite.md sets the families side by
+    side: each predictor's Spearman and top-1 per family, its mean over families, and a sign test
+    of alignment against perplexity.
     """
     from curator.config import LoraSettings
     from curator.validation.finetune import EvalConfig, FinetuneConfig
     from curator.validation.run import ValidateConfig, run_validate
     from curator.validation.predictors import PredictConfig
 
+    if suite is not None and (candidates is not None or eval_data is not None):
+        raise InputError(f"--suite {suite} takes no CANDIDATES or EVAL: each family folder holds its own candidates.jsonl and eval.jsonl; drop the file arguments, or drop --suite")
+    if suite is None and (candidates is None or eval_data is None):
+        raise InputError("give CANDIDATES and EVAL (curator validate candidates.jsonl eval.jsonl --out DIR), or --suite DIR for a folder of task families")
     if n_seeds < 1:
         raise InputError(f"--seeds {n_seeds} is invalid: use an integer >= 1 (the number of runs per strategy)")
     names = tuple(s.strip() for part in strategies for s in part.split(",") if s.strip()) or None
@@ -388,6 +398,12 @@ def validate(ctx: click.Context, candidates: Path, eval_data: Path, out: Path, m
         prediction=PredictConfig(samples=k, max_new_tokens=max_new_tokens, dim=dim, max_length=max_length),
         device=device_from(kw),
     )
+    if suite is not None:
+        from curator.cli.suite import echo_suite
+        from curator.validation.suite import run_suite
+
+        echo_suite(run_suite(suite, out, config, progress=progress(ctx)))
+        return
     r = run_validate(candidates, eval_data, out, config, progress=progress(ctx))
     rep = r.report
     click.echo(f"trained {len(r.trained)} run(s), reused {len(r.reused)} finished run(s) in {out / 'runs'}")
