@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from curator.cli.main import cli
 from curator.io.data import load_eval, load_prompts
 from curator.validation.suite import sign_test, sign_test_p, summarise
+from tests.test_validate import invoke, one_error
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-random", "--steps", "2", "--max-new-tokens", "4", "--samples", "1", "--dim", "64", "--max-length", "128"]
@@ -26,18 +25,6 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def invoke(args: list[str]) -> Any:
-    return CliRunner().invoke(cli, args)
-
-
-def one_error(result: Any, *needles: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="module", autouse=True)

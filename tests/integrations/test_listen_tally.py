@@ -86,6 +86,23 @@ def test_tally_equals_the_recount_after_redelivery_edit_discard_and_delete(demo_
     assert log_entries(log)[-1]["tally"] == {}
 
 
+def locked(monkeypatch: pytest.MonkeyPatch, client: Any, method: str, hit: Any) -> tuple[dict[str, bool], list[str]]:
+    """The real server behind the client's ``method`` requests, except that those whose URL ``hit``
+    matches answer 500 ``database is locked`` while ``down["on"]``; the matching URLs, in order."""
+    http = client.api.http_client
+    real, down, seen = getattr(http, method), {"on": True}, []
+
+    def call(url: str, *args: Any, **kwargs: Any) -> Any:
+        if hit(url):
+            seen.append(url)
+            if down["on"]:
+                return httpx.Response(500, json={"detail": "database is locked"}, request=httpx.Request(method.upper(), url))
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(http, method, call)
+    return down, seen
+
+
 def test_a_failed_rerank_write_stays_queued_and_is_written_when_the_server_is_back(demo_set: dict[str, Any], argilla_server: Any, argilla_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-ranking writes fail after the listener's retries: the event is counted all the same (counting
     never waits for re-ranking), the failure is logged, the neighbours stay queued, and the re-ranker
@@ -94,16 +111,7 @@ def test_a_failed_rerank_write_stays_queued_and_is_written_when_the_server_is_ba
     name = _dataset(demo_set, argilla_client, "requeue")
     log = tmp_path / "listen.jsonl"
     listener = Listener(argilla_client, name, workspace=ws, k=2, log_path=log, retry=RetryPolicy(attempts=2, base_delay=0.0))
-    http = argilla_client.api.http_client
-    real_put, down, puts = http.put, {"on": True}, []
-
-    def put(url: str, *args: Any, **kwargs: Any) -> Any:
-        puts.append(url)
-        if down["on"]:
-            return httpx.Response(500, json={"detail": "database is locked"}, request=httpx.Request("PUT", url))
-        return real_put(url, *args, **kwargs)
-
-    monkeypatch.setattr(http, "put", put)
+    down, puts = locked(monkeypatch, argilla_client, "put", lambda url: True)
     with running(listener) as events:
         rid = listener.ids[0]
         _, key = make_annotator(argilla_server, argilla_client, f"ann-{uuid.uuid4().hex[:6]}", ws)
@@ -131,17 +139,7 @@ def test_a_failed_count_answers_500_and_the_servers_redelivery_counts_once(demo_
     name = _dataset(demo_set, argilla_client, "redeliver")
     log = tmp_path / "listen.jsonl"
     listener = Listener(argilla_client, name, workspace=ws, k=2, log_path=log, retry=RetryPolicy(attempts=2, base_delay=0.0))
-    http = argilla_client.api.http_client
-    real_get, down, reads = http.get, {"on": True}, []
-
-    def get(url: str, *args: Any, **kwargs: Any) -> Any:
-        if url.endswith("/records"):
-            reads.append(url)
-            if down["on"]:
-                return httpx.Response(500, json={"detail": "database is locked"}, request=httpx.Request("GET", url))
-        return real_get(url, *args, **kwargs)
-
-    monkeypatch.setattr(http, "get", get)
+    down, reads = locked(monkeypatch, argilla_client, "get", lambda url: url.endswith("/records"))
     with running(listener) as events:
         rid = listener.ids[0]
         listener.unknown.add("announced-not-read")  # as after a record.created: the next neighbour search reads the records again
