@@ -96,7 +96,7 @@ class Reranking:
                     seq, cause = taken[nb]
                     if exc is not None:
                         failed.append((nb, exc))
-                        if nb not in self.queue:
+                        if nb not in self.queue and nb in self.meta:  # a record deleted meanwhile is not retried
                             self.queue[nb] = taken[nb]
                         continue
                     old = olds.get(nb)
