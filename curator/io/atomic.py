@@ -54,7 +54,15 @@ def sweep_stale(target: str | Path) -> list[Path]:
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it and setting it back: there is no plain getter)."""
+    """The process's umask: Linux shows it in /proc/self/status; elsewhere it is read by setting it and
+    setting it back (there is no plain getter), which other threads could see for an instant."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
