@@ -134,7 +134,8 @@ class Listener(Reranking):
         owed = [rid for rid in owed if rid in self.meta]
         for rid in owed:
             self.queue[rid] = (0, {"event": "requeued", "record": None, "action": "queued by the previous run, never written"})
-        self.wake.set() if owed else None
+        if owed:
+            self.wake.set()
         self._log({"event": "start", "action": "tally rebuilt from the server", **self.rebuilt, "seq": 0, "queued": owed})
 
     @property

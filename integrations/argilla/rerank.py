@@ -68,8 +68,11 @@ class Reranking:
                 plans = {nb: self._plan(nb) for nb in taken}
             work = [(nb, plan) for nb, plan in plans.items() if plan is not None]
             unknown = [nb for nb, _ in work if nb not in self.suggested]
-            for nb in unknown:  # a record read without its suggestions (none so far: every read takes them)
-                old = self.ranking_suggestion(nb)
+            for nb in unknown:  # a record read without its suggestions (every read takes them, so this is rare)
+                try:
+                    old = self.ranking_suggestion(nb)
+                except Exception:  # noqa: BLE001  (only the log's old_ranking needs it: write regardless)
+                    continue
                 if old is not None:
                     self.suggested.setdefault(nb, (old, None))
 

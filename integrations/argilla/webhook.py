@@ -72,6 +72,7 @@ def build_app(listener: Listener, public_url: str, on_event: Callable[[str, dict
         if on_event is not None:
             on_event(kind, event.data)
         return None
+
     def register() -> None:
         for hook in list(listener.client.webhooks):  # this URL's webhook from an older listener (other events): it would fail our signature check
             if hook.url == f"{url}/{curator_listen.__name__}" and [str(getattr(e, "value", e)) for e in hook.events] != EVENTS:

@@ -138,3 +138,34 @@ def test_top_slot_reads_ranks():
     assert top_slot(["candidate_4", "candidate_1"]) == "candidate_4"
     assert top_slot(["candidate_4", "candidate_1"], ["candidate_1", "candidate_2"]) == "candidate_1"
     assert top_slot(None) is None
+
+
+def test_listener_options_are_checked_before_any_request() -> None:
+    from curator.errors import InputError
+    from curator.integrations.argilla.listen import Listener
+
+    with pytest.raises(InputError, match=r"--neighbours 0 is invalid: use an integer >= 1"):
+        Listener(client=None, dataset="x", k=0)
+    with pytest.raises(InputError, match=r"--workers 0 is invalid: use an integer >= 1 \(re-ranking writes in flight\)"):
+        Listener(client=None, dataset="x", workers=0)
+
+
+def test_the_log_tells_which_rerankings_a_killed_run_never_wrote(tmp_path) -> None:
+    import json
+
+    from curator.integrations.argilla.listen_log import append_log, unflushed
+
+    log = tmp_path / "listen.jsonl"
+    assert unflushed(log) == []  # no log yet
+    append_log(log, {"event": "start", "seq": 0, "queued": ["old"]}, {"event": "flush", "through": 0})
+    append_log(log, {"event": "response.created", "seq": 1, "queued": ["a", "b"]}, {"event": "flush", "through": 1})
+    append_log(log, {"event": "response.created", "seq": 2, "queued": ["b", "c"]})
+    assert unflushed(log) == ["b", "c"]
+    with log.open("a") as fh:
+        fh.write('{"event": "response.upd')  # torn by a kill
+    append_log(log, {"event": "start", "seq": 0, "queued": ["b", "c"]})  # the next run: it ends the torn line first
+    lines = log.read_text().splitlines()
+    assert lines[-2] == '{"event": "response.upd' and json.loads(lines[-1])["queued"] == ["b", "c"]
+    assert unflushed(log) == ["b", "c"]  # the new run re-queued them and has not flushed yet
+    append_log(log, {"event": "flush", "through": 0})
+    assert unflushed(log) == []
