@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from curator.io.data import load_eval, load_prompts
 from curator.validation.suite import sign_test, sign_test_p, summarise
-from tests.test_validate import invoke, one_error
+from tests.test_validate import invoke, one_error, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-random", "--steps", "2", "--max-new-tokens", "4", "--samples", "1", "--dim", "64", "--max-length", "128"]
@@ -25,15 +24,6 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny models run as fast on one thread, and a busy 2-core box makes 2-thread tiny ops crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def family(root: Path, name: str, offset: int) -> None:

@@ -95,27 +95,33 @@ def _select(cands: list[Candidate], wanted: Sequence[str] | None, path: str | Pa
     return chosen, {s: by[s] for s in chosen}
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that is a file, or a non-empty folder that no validate run made."""
+def check_out(out: Path, marker: str = MANIFEST, what: str = "validate") -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that no ``what`` run made (no ``marker``)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: pass a folder")
-    if out.is_dir() and not (out / MANIFEST).exists() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise InputError(f"{out}: not empty and not a validate folder (no {MANIFEST}): pass a new or empty --out")
+    if out.is_dir() and not (out / marker).exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise InputError(f"{out}: not empty and not a {what} folder (no {marker}): pass a new or empty --out")
+
+
+def read_marker(path: Path, out: Path, version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """An output folder's marker JSON, refused when unreadable or written in another format version."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable ({type(exc).__name__}): delete {out} or pass a new --out") from None
+    if old.get("format_version") != version:
+        raise StoreError(f"{path}: format version {old.get('format_version')!r}, this curator writes {version}: pass a new --out")
+    return old
 
 
 def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse an ``OUT`` made under other settings, naming the first field that differs."""
     path = out / MANIFEST
     if not path.exists():
-        _check_out(out)
+        check_out(out)
         write_json_atomic(path, manifest)
         return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: unreadable ({type(exc).__name__}): delete {out} or pass a new --out") from None
-    if old.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path}: format version {old.get('format_version')!r}, this curator writes {FORMAT_VERSION}: pass a new --out")
+    old = read_marker(path, out)
     checks = [("model fingerprint", ("model", "fingerprint")), ("eval set", ("eval", "hash"))]
     checks += [(k, ("training", k)) for k in manifest["training"]] + [(k, ("evaluation", k)) for k in manifest["evaluation"] if k != "batch_size"]
     for label, (a, b) in checks:
@@ -221,7 +227,7 @@ def run_validate(candidates: str | Path, eval_path: str | Path, out: str | Path,
     measured ranking), its file paths, and which (strategy, seed) runs were trained or reused."""
     config = config or ValidateConfig()
     out_dir = Path(out)
-    _check_out(out_dir)
+    check_out(out_dir)
     strategies, by = _select(load_candidates(candidates), config.strategies, candidates)
     evals = load_eval(eval_path)
     if not evals:

@@ -15,7 +15,6 @@ each), ``suite.json``, ``suite.md`` and ``suite.png`` (a panel per family).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -27,14 +26,14 @@ import numpy as np
 
 from curator import __version__
 from curator.config import ProgressFn, no_progress
-from curator.errors import InputError, StoreError
+from curator.errors import InputError
 from curator.io.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from curator.io.data import load_candidates, load_eval
 from curator.io.figures import closing, png, pyplot
 from curator.io.stats import finite_or_none
 from curator.model.models import LoadedModel, load_model
 from curator.validation.report import ordered
-from curator.validation.run import ValidateConfig, ValidateResult, run_validate
+from curator.validation.run import ValidateConfig, ValidateResult, check_out, read_marker, run_validate
 
 FORMAT_VERSION = 1
 MARK = "validate-suite.json"
@@ -205,19 +204,9 @@ def plot_png(s: dict[str, Any]) -> bytes:
 
 def _check_out(out: Path, suite: Path, names: Sequence[str]) -> None:
     """Refuse a file, or a non-empty folder no suite run made; record this run's families in the marker."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file: pass a folder")
+    check_out(out, MARK, "validate --suite")
     mark = out / MARK
-    if out.is_dir() and not mark.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise InputError(f"{out}: not empty and not a validate --suite folder (no {MARK}): pass a new or empty --out")
-    old: dict[str, Any] = {}
-    if mark.exists():
-        try:
-            old = json.loads(mark.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{mark}: unreadable ({type(exc).__name__}): delete {out} or pass a new --out") from None
-        if old.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{mark}: format version {old.get('format_version')!r}, this curator writes {FORMAT_VERSION}: pass a new --out")
+    old = read_marker(mark, out, FORMAT_VERSION) if mark.exists() else {}
     families = sorted(set(old.get("families", [])) | set(names))
     write_json_atomic(mark, {"format_version": FORMAT_VERSION, "curator_version": __version__, "suite": str(suite), "families": families})
 

@@ -34,9 +34,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import postgres, processes
 from curator.errors import InputError
 
+from . import postgres, processes
 from .database import SQLITE_TIMEOUT_S, Database, redact, remember, resolve
 from .env import ArgillaServerError, Progress, child_env, ensure_server_env, file_lock
 
